@@ -1,0 +1,6 @@
+"""Neural Parts: single-image 3D reconstruction as a union of expressive primitives.
+
+Importing this package compiles nothing and touches no GPU. Entry points:
+``python -m neural_parts.train | evaluate | reconstruct | fit | prepare``.
+"""
+__version__ = "0.1.0"

@@ -1,0 +1,107 @@
+"""Image encoder: ResNet-18 with torchvision's exact parameter names, plus a feature head.
+
+torchvision is not a dependency: the trunk is defined here so that a user's torchvision
+``resnet18`` state dict (e.g. the ImageNet weights) loads strictly into it. ``fc`` is replaced
+by the authors' head Linear(512, 512) -> ReLU -> Linear(512, F).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+log = logging.getLogger("neural_parts")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class FrozenBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that always normalises with its running statistics and never updates them.
+
+    Same parameters and buffers as nn.BatchNorm2d (so torchvision weights load unchanged). As in
+    the authors' code the affine weight and bias stay trainable.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            training=False, momentum=0.0, eps=self.eps)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int, norm: type[nn.BatchNorm2d]):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = norm(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = norm(planes)
+        self.downsample = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), norm(planes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 trunk + head: images (B, 3, H, W) ImageNet-normalised -> features (B, F)."""
+
+    def __init__(self, feature_size: int = 256, freeze_bn: bool = True):
+        super().__init__()
+        norm = FrozenBatchNorm2d if freeze_bn else nn.BatchNorm2d
+        self.feature_size = feature_size
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = norm(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        widths = (64, 128, 256, 512)
+        inplanes = 64
+        for i, planes in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            layer = nn.Sequential(BasicBlock(inplanes, planes, stride, norm), BasicBlock(planes, planes, 1, norm))
+            setattr(self, f"layer{i + 1}", layer)
+            inplanes = planes
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, feature_size))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    def load_torchvision_weights(self, source: str | Path | dict) -> list[str]:
+        """Load a torchvision ``resnet18`` state dict into the trunk, strictly; return skipped keys.
+
+        ``fc.*`` (ImageNet classifier) is skipped and reported; any other missing or unexpected
+        key raises ValueError listing them.
+        """
+        if isinstance(source, dict):
+            state = source
+        else:
+            path = Path(source)
+            if not path.is_file():
+                raise FileNotFoundError(f"encoder weights not found: {path}")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        skipped = sorted(k for k in state if k.startswith("fc."))
+        trunk = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        expected = {k for k in self.state_dict() if not k.startswith("fc.")}
+        missing, unexpected = sorted(expected - trunk.keys()), sorted(trunk.keys() - expected)
+        if missing or unexpected:
+            raise ValueError(f"torchvision resnet18 weights do not match: missing {missing[:10]}"
+                             f"{'...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}")
+        self.load_state_dict(trunk, strict=False)
+        if skipped:
+            log.info("encoder: loaded torchvision trunk weights, skipped %s", ", ".join(skipped))
+        return skipped

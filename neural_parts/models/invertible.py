@@ -1,0 +1,90 @@
+"""The conditional homeomorphism phi(.; C_m): a SimpleNVP-like stack of affine couplings.
+
+Attribute names follow the authors' SimpleNVP (``layers[i].map_s / map_t / projection / mask``,
+``scales``, ``rotations``, ``translations``) so ``npkernels.CouplingWeights.from_module`` and
+checkpoint loading need no translation tables. All point maps go through the npkernels ops
+(``kernel_backend`` selects "auto" | "triton" | "reference").
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from npkernels import Affine, CouplingWeights, coupling_forward, coupling_inverse, implicit_union
+from npkernels.coupling.affine import affine_from_heads
+
+
+class ProjectionLayer(nn.Module):
+    """p(x) = Linear(hidden, P)(ReLU(Linear(3, hidden)(x))), shared by every coupling layer."""
+
+    def __init__(self, proj_dims: int = 128, hidden: int | None = None):
+        super().__init__()
+        hidden = hidden or 2 * proj_dims
+        self.proj_dims = proj_dims
+        self.proj = nn.Sequential(nn.Linear(3, hidden), nn.ReLU(), nn.Linear(hidden, proj_dims))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x)
+
+
+class CouplingLayer(nn.Module):
+    """Parameters of one coupling: s and t MLPs [C, p] -> H -> H -> 3 and the kept-coordinate mask."""
+
+    def __init__(self, cond_dims: int, hidden: int, projection: ProjectionLayer, mask: Tensor):
+        super().__init__()
+        width = cond_dims + projection.proj_dims
+        self.map_s = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                   nn.Linear(hidden, 3), nn.Hardtanh(-10, 10))
+        self.map_t = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                   nn.Linear(hidden, 3))
+        self.projection = projection
+        self.register_buffer("mask", mask.reshape(1, 1, 1, 3))
+
+
+def random_masks(n_layers: int, generator: torch.Generator | None = None) -> list[Tensor]:
+    """The authors' masks: per layer two of the three coordinates kept (randperm)."""
+    masks = []
+    for _ in range(n_layers):
+        mask = torch.zeros(3)
+        mask[torch.randperm(3, generator=generator)[:2]] = 1
+        masks.append(mask)
+    return masks
+
+
+class ConditionalNVP(nn.Module):
+    """phi(z; C): sphere -> world. cond C: (B, M, cond_dims)."""
+
+    def __init__(self, cond_dims: int = 512, hidden: int = 256, proj_dims: int = 128, n_layers: int = 4,
+                 normalize: bool = True, explicit_affine: bool = True):
+        super().__init__()
+        self.kernel_backend = "auto"
+        self.projection = ProjectionLayer(proj_dims)
+        self.layers = nn.ModuleList(CouplingLayer(cond_dims, hidden, self.projection, m)
+                                    for m in random_masks(n_layers))
+        head = lambda out: nn.Sequential(nn.Linear(cond_dims, hidden), nn.ReLU(), nn.Linear(hidden, out))  # noqa: E731
+        self.scales = head(3) if normalize else None
+        self.rotations = head(4) if explicit_affine else None
+        self.translations = head(3) if explicit_affine else None
+
+    def weights(self) -> CouplingWeights:
+        return CouplingWeights.from_module(self)
+
+    def affine(self, cond: Tensor) -> Affine:
+        """Per-primitive sigma (B, M, 3), R (B, M, 3, 3), T (B, M, 3)."""
+        return affine_from_heads(cond, self.scales, self.rotations, self.translations)
+
+    def forward(self, z: Tensor, cond: Tensor, affine: Affine | None = None) -> Tensor:
+        """Sphere -> world: z (B, S, M, 3) -> (B, S, M, 3)."""
+        affine = self.affine(cond) if affine is None else affine
+        return coupling_forward(z, cond, self.weights(), affine, backend=self.kernel_backend)
+
+    def inverse(self, x: Tensor, cond: Tensor, affine: Affine | None = None,
+                owner: Tensor | None = None) -> Tensor:
+        """World -> sphere: x (B, N, 3) -> (B, N, M, 3), or (B, N, 3) in each point's ``owner``."""
+        affine = self.affine(cond) if affine is None else affine
+        return coupling_inverse(x, cond, self.weights(), affine, owner=owner, backend=self.kernel_backend)
+
+    def implicit(self, x: Tensor, cond: Tensor, affine: Affine, radius: float, per_primitive: bool = False):
+        """``npkernels.UnionImplicit`` of the primitives at x (B, N, 3)."""
+        return implicit_union(x, cond, self.weights(), affine, radius=radius, per_primitive=per_primitive,
+                              backend=self.kernel_backend)

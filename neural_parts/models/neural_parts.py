@@ -1,0 +1,84 @@
+"""The Neural Parts model: image -> per-primitive conditions -> primitives."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .encoders import ResNet18
+from .invertible import ConditionalNVP
+from .primitives import Primitives
+
+
+class LatentEncoder(nn.Module):
+    """One learned feature per shape (for fitting without images): indices (B,) -> (B, F)."""
+
+    def __init__(self, n_shapes: int, feature_size: int):
+        super().__init__()
+        self.feature_size = feature_size
+        self.codes = nn.Embedding(n_shapes, feature_size)
+        nn.init.normal_(self.codes.weight, std=0.01)
+
+    def forward(self, index: Tensor) -> Tensor:
+        return self.codes(index)
+
+
+class NeuralParts(nn.Module):
+    """Neural Parts (Paschalidou et al., CVPR 2021).
+
+    Args:
+        n_primitives: M. feature_size: F (the condition is [image feature, embedding_m], 2F).
+        hidden_size, proj_dims, n_layers: the coupling stack (256, 128, 4 in the paper).
+        radius: sphere radius r. encoder: "resnet18" or "latent" (needs ``n_shapes``).
+        freeze_bn: BatchNorm uses running statistics only (the authors' setting for pretrained trunks).
+        normalize, explicit_affine: the sigma scale head and the rigid (quaternion, translation) heads.
+    """
+
+    def __init__(self, n_primitives: int = 5, feature_size: int = 256, hidden_size: int = 256,
+                 proj_dims: int = 128, n_layers: int = 4, radius: float = 0.25, encoder: str = "resnet18",
+                 freeze_bn: bool = True, normalize: bool = True, explicit_affine: bool = True,
+                 n_shapes: int | None = None):
+        super().__init__()
+        if n_primitives < 1:
+            raise ValueError(f"n_primitives must be >= 1, got {n_primitives}")
+        self.radius = radius
+        self.n_primitives = n_primitives
+        if encoder == "resnet18":
+            self.feature_extractor = ResNet18(feature_size, freeze_bn)
+        elif encoder == "latent":
+            if not n_shapes:
+                raise ValueError("encoder='latent' needs n_shapes")
+            self.feature_extractor = LatentEncoder(n_shapes, feature_size)
+        else:
+            raise ValueError(f"unknown encoder {encoder!r}; expected 'resnet18' or 'latent'")
+        self.primitive_embedding = nn.Parameter(torch.randn(n_primitives, feature_size))
+        self.invertible_network = ConditionalNVP(2 * feature_size, hidden_size, proj_dims, n_layers,
+                                                 normalize, explicit_affine)
+
+    @property
+    def kernel_backend(self) -> str:
+        return self.invertible_network.kernel_backend
+
+    @kernel_backend.setter
+    def kernel_backend(self, value: str) -> None:
+        self.invertible_network.kernel_backend = value
+
+    def conditions(self, features: Tensor) -> Tensor:
+        """C_m = [feature, embedding_m]: features (B, F) -> (B, M, 2F)."""
+        B = features.shape[0]
+        emb = self.primitive_embedding[None].expand(B, -1, -1)
+        return torch.cat([features[:, None].expand(-1, self.n_primitives, -1), emb], dim=-1)
+
+    def forward(self, inputs: Tensor) -> Primitives:
+        """inputs: images (B, 3, H, W) ImageNet-normalised, or shape indices (B,) for the latent encoder."""
+        cond = self.conditions(self.feature_extractor(inputs))
+        return Primitives(cond, self.invertible_network.affine(cond), self.invertible_network, self.radius)
+
+    @torch.no_grad()
+    def predict(self, inputs: Tensor) -> Primitives:
+        """Evaluation-mode prediction without autograd."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self(inputs)
+        finally:
+            self.train(was_training)

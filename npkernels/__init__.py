@@ -1,0 +1,17 @@
+"""npkernels: fused kernels for Neural Parts, usable on their own.
+
+Public ops (each with a pure-PyTorch reference that is also the CPU path):
+``coupling_forward``, ``coupling_inverse``, ``implicit_union``, ``knn``, ``chamfer``,
+``inside_mesh``, ``inside_mesh_batch``; ``accelerate(model)`` / ``restore(model)`` swap the fused
+kernels into an existing model. Importing this package compiles nothing and needs no GPU.
+"""
+from ._dispatch import backend_info
+from .coupling import Affine, CouplingWeights, coupling_forward, coupling_inverse
+from .implicit import UnionImplicit, implicit_union
+from .knn import KNN, chamfer, knn
+
+__version__ = "0.1.0"
+__all__ = [
+    "Affine", "CouplingWeights", "KNN", "UnionImplicit", "backend_info", "chamfer", "coupling_forward",
+    "coupling_inverse", "implicit_union", "knn",
+]

@@ -1,0 +1,105 @@
+"""Pure-PyTorch coupling stack in the rearranged ("efficient") algebraic form.
+
+This is the specification of ``coupling_inverse`` / ``coupling_forward``, their CPU path and
+the oracle of the Triton kernels. Same maths as the authors' SimpleNVP (see naive.py), with:
+- the condition part of the first s/t layer hoisted: ``W1 [C; p] + b1 = (W1_C C + b1) + W1_P p``,
+  a (B, M, H) bias computed once per call and layer (no per-point copy of C);
+- the first s and t layers merged into one (P -> 2H) product that s and t share;
+- everything differentiable to any order (second order for the normal loss).
+
+Per layer with mask m (1 = kept coordinate) and h = [C, proj(m * y)]:
+    world -> sphere ("inverse"): y' = m*y + (1-m)*(y*exp(s(h)) + t(h)),  log|det| = +sum(s)
+    sphere -> world ("forward"): y' = m*y + (1-m)*((y - t(h))*exp(-s(h))),  log|det| = -sum(s)
+Full maps: inverse = rigid^-1, then * sigma, then layers L-1..0; forward = layers 0..L-1,
+then / sigma, then @ R + T (row vectors). Accumulation in the input dtype (fp32 or fp64).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .weights import Affine, CouplingWeights, LayerWeights
+
+
+def _rows(t: Tensor, owner: Tensor | None) -> Tensor:
+    """Broadcast a per-primitive tensor (B, M, ...) to the point layout.
+
+    owner None -> (B, 1, M, ...) against points (B, N, M, 3); owner (B, N) -> (B, N, ...).
+    """
+    if owner is None:
+        return t.unsqueeze(1)
+    index = owner.reshape(owner.shape + (1,) * (t.dim() - 2)).expand(owner.shape + t.shape[2:])
+    return torch.gather(t, 1, index)
+
+
+def _rotate(v: Tensor, rotation: Tensor, owner: Tensor | None, transpose: bool) -> Tensor:
+    """Row vectors times R (or R^T) per primitive, without expanding R over points."""
+    eq = ("bnmi,bmji->bnmj" if transpose else "bnmi,bmij->bnmj") if owner is None else (
+        "bni,bnji->bnj" if transpose else "bni,bnij->bnj")
+    return torch.einsum(eq, v, rotation if owner is None else _rows(rotation, owner))
+
+
+def layer_biases(cond: Tensor, weights: CouplingWeights) -> list[Tensor]:
+    """Hoisted first-layer biases, one (B, M, 2H) tensor per layer: [s | t] halves."""
+    C = weights.cond_dims
+    out = []
+    for lw in weights.layers:
+        w_c = torch.cat([lw.s_w1[:, :C], lw.t_w1[:, :C]], 0)
+        b = torch.cat([lw.s_b1, lw.t_b1], 0)
+        out.append(torch.addmm(b, cond.reshape(-1, C), w_c.t()).reshape(cond.shape[:2] + (-1,)))
+    return out
+
+
+def _scale_shift(y: Tensor, lw: LayerWeights, bias: Tensor, weights: CouplingWeights) -> tuple[Tensor, Tensor]:
+    """s (clamped) and t for points y (..., 3) with hoisted bias broadcastable to (..., 2H)."""
+    C = weights.cond_dims
+    H = lw.s_w1.shape[0]
+    proj = F.linear(F.relu(F.linear(y * lw.mask, weights.proj_w1, weights.proj_b1)),
+                    weights.proj_w2, weights.proj_b2)
+    w_p = torch.cat([lw.s_w1[:, C:], lw.t_w1[:, C:]], 0)
+    h = F.relu(torch.matmul(proj, w_p.t()) + bias)
+    hs = F.relu(F.linear(h[..., :H], lw.s_w2, lw.s_b2))
+    ht = F.relu(F.linear(h[..., H:], lw.t_w2, lw.t_b2))
+    s = F.hardtanh(F.linear(hs, lw.s_w3, lw.s_b3), -10.0, 10.0)
+    t = F.linear(ht, lw.t_w3, lw.t_b3)
+    return s, t
+
+
+def coupling_inverse(x: Tensor, cond: Tensor, weights: CouplingWeights, affine: Affine, *,
+                     owner: Tensor | None = None, return_log_det: bool = False):
+    """World -> sphere map of every point in every primitive (or in its ``owner`` primitive).
+
+    Args:
+        x: (B, N, 3) points shared by all primitives, or (B, N, M, 3).
+        cond: (B, M, C) per-primitive conditions.
+        owner: optional (B, N) int64 primitive index per point; x must then be (B, N, 3).
+        return_log_det: also return log|det J| = sum over layers of sum(s), shape of x[..., 0].
+    Returns:
+        (B, N, M, 3) sphere coordinates ((B, N, 3) with owner), and optionally the log-det.
+    """
+    biases = layer_biases(cond, weights)
+    T = _rows(affine.translation, owner)
+    y = (x.unsqueeze(2) if owner is None and x.dim() == 3 else x) - T
+    y = _rotate(y, affine.rotation, owner, transpose=True) * _rows(affine.scale, owner)
+    log_det = y.new_zeros(y.shape[:-1])
+    for lw, bias in zip(reversed(weights.layers), reversed(biases)):
+        s, t = _scale_shift(y, lw, _rows(bias, owner), weights)
+        y = lw.mask * y + (1 - lw.mask) * (y * torch.exp(s) + t)
+        log_det = log_det + s.sum(-1)
+    return (y, log_det) if return_log_det else y
+
+
+def coupling_forward(z: Tensor, cond: Tensor, weights: CouplingWeights, affine: Affine, *,
+                     return_log_det: bool = False):
+    """Sphere -> world map: z (B, S, M, 3) -> (B, S, M, 3); optionally log|det J| (B, S, M) = -sum(s)."""
+    biases = layer_biases(cond, weights)
+    y = z
+    log_det = y.new_zeros(y.shape[:-1])
+    for lw, bias in zip(weights.layers, biases):
+        s, t = _scale_shift(y, lw, bias.unsqueeze(1), weights)
+        y = lw.mask * y + (1 - lw.mask) * ((y - t) * torch.exp(-s))
+        log_det = log_det - s.sum(-1)
+    y = _rotate(y / affine.scale.unsqueeze(1), affine.rotation, None, transpose=False)
+    y = y + affine.translation.unsqueeze(1)
+    return (y, log_det) if return_log_det else y

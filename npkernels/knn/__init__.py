@@ -1,0 +1,70 @@
+"""Public nearest-neighbour (K=1, both directions) and Chamfer ops."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._dispatch import kernel_module, select_backend
+from .._utils import check_tensor
+from . import reference
+from .reference import KNN
+
+__all__ = ["KNN", "knn", "chamfer"]
+
+
+def _check(x: Tensor, y: Tensor, x_mask: Tensor | None, y_mask: Tensor | None) -> None:
+    check_tensor("x", x, ndim=3, last=3)
+    check_tensor("y", y, ndim=3, last=3)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must share the batch size, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if x.dtype != y.dtype or x.device != y.device:
+        raise TypeError(f"x and y must share dtype and device, got {x.dtype}/{x.device} and {y.dtype}/{y.device}")
+    for name, mask, pts in (("x_mask", x_mask, x), ("y_mask", y_mask, y)):
+        if mask is None:
+            continue
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            raise TypeError(f"{name} must be a bool tensor")
+        if tuple(mask.shape) != tuple(pts.shape[:2]) or mask.device != pts.device:
+            raise ValueError(f"{name} must have shape {tuple(pts.shape[:2])} on {pts.device}, "
+                             f"got {tuple(mask.shape)} on {mask.device}")
+    if x.device.type == "cpu":
+        for name, t in (("x", x), ("y", y)):
+            if t.numel() and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name} contains NaN or inf values")
+
+
+def knn(x: Tensor, y: Tensor, *, x_mask: Tensor | None = None, y_mask: Tensor | None = None,
+        backend: str = "auto") -> KNN:
+    """Nearest neighbour (K=1) in both directions.
+
+    Args:
+        x: (B, N, 3) and y: (B, P, 3) point clouds.
+        x_mask, y_mask: optional bool (B, N) / (B, P); a masked point is neither query nor candidate.
+        backend: "auto" | "triton" | "reference".
+    Returns:
+        ``KNN(dist_xy (B, N), idx_xy (B, N), dist_yx (B, P), idx_yx (B, P))``, squared distances,
+        differentiable w.r.t. x and y; ties to the lowest index; idx -1 for masked queries
+        (distance 0) and for queries without a valid candidate (distance inf).
+    """
+    _check(x, y, x_mask, y_mask)
+    if select_backend("knn", x, y, backend=backend) == "triton":
+        return kernel_module("knn").knn(x, y, x_mask=x_mask, y_mask=y_mask)
+    return reference.knn(x, y, x_mask=x_mask, y_mask=y_mask)
+
+
+def chamfer(x: Tensor, y: Tensor, *, x_mask: Tensor | None = None, y_mask: Tensor | None = None,
+            squared: bool = False, reduction: str = "mean", backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """The two directional Chamfer terms.
+
+    Args:
+        x: (B, N, 3), y: (B, P, 3); masks as in ``knn``.
+        squared: average squared distances (Chamfer-L2) instead of Euclidean ones (Chamfer-L1).
+        reduction: "mean" (over every valid point of the batch, a scalar) or "batch" ((B,) means).
+    Returns:
+        (x_to_y, y_to_x): mean distance from each valid x to its nearest valid y, and back.
+        A direction with no valid query averages to 0.
+    """
+    if reduction not in ("mean", "batch"):
+        raise ValueError(f"reduction must be 'mean' or 'batch', got {reduction!r}")
+    result = knn(x, y, x_mask=x_mask, y_mask=y_mask, backend=backend)
+    return reference.directional_means(result, x_mask, y_mask, squared, reduction)

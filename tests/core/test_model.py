@@ -1,0 +1,119 @@
+"""Model structure, encoder weights, authors' checkpoint loading, primitives API."""
+import pytest
+import torch
+
+from neural_parts.models import FrozenBatchNorm2d, NeuralParts, ResNet18, load_authors_state_dict
+
+
+def authors_layout(model: NeuralParts) -> dict:
+    """Our state dict rewritten as the authors' FlexiblePrimitives checkpoint would store it."""
+    out = {}
+    for k, v in model.state_dict().items():
+        if k.startswith("feature_extractor."):
+            if k.endswith("num_batches_tracked"):
+                continue  # their FrozenBatchNorm2d has no counter
+            if k.endswith("running_var"):
+                v = v + 1e-5  # and stores var + eps
+            k = "feature_extractor._feature_extractor." + k[len("feature_extractor."):]
+        elif k.startswith("invertible_network.projection."):
+            k = "invertible_network._projection." + k[len("invertible_network.projection."):]
+        out[k] = v.clone()
+    return out
+
+
+def test_parameter_counts_match_the_authors():
+    model = NeuralParts(n_primitives=6)
+    assert sum(p.numel() for p in model.invertible_network.parameters()) == 2_275_746
+    assert sum(p.numel() for p in model.parameters()) == 13_847_778
+
+
+def test_authors_checkpoint_loads_strictly_and_reproduces_outputs():
+    torch.manual_seed(0)
+    src = NeuralParts(n_primitives=2, feature_size=16, hidden_size=16, proj_dims=8)
+    with torch.no_grad():
+        for m in src.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0)
+                m.running_mean.normal_()
+    state = authors_layout(src)
+    assert sum(k.endswith("projection.proj.0.weight") for k in state) == 5  # _projection + 4 layers
+    dst = NeuralParts(n_primitives=2, feature_size=16, hidden_size=16, proj_dims=8)
+    missing, unexpected = load_authors_state_dict(dst, state)
+    assert missing == [] and unexpected == []
+    images = torch.randn(2, 3, 32, 32)
+    a, b = src.predict(images), dst.predict(images)
+    x = torch.rand(2, 20, 3) - 0.5
+    torch.testing.assert_close(a.implicit(x).value, b.implicit(x).value, rtol=1e-5, atol=1e-5)
+    for layer_a, layer_b in zip(src.invertible_network.layers, dst.invertible_network.layers):
+        assert torch.equal(layer_a.mask, layer_b.mask)
+
+
+def test_authors_checkpoint_errors_list_keys():
+    model = NeuralParts(n_primitives=2, feature_size=16, hidden_size=16, proj_dims=8)
+    state = authors_layout(model)
+    del state["primitive_embedding"]
+    state["extra.weight"] = torch.zeros(1)
+    with pytest.raises(ValueError, match="primitive_embedding") as err:
+        load_authors_state_dict(model, state)
+    assert "extra.weight" in str(err.value)
+    missing, unexpected = load_authors_state_dict(model, state, strict=False)
+    assert missing == ["primitive_embedding"] and unexpected == ["extra.weight"]
+    state = authors_layout(model)
+    state["invertible_network.layers.2.projection.proj.0.weight"] += 1
+    with pytest.raises(ValueError, match="shared projection"):
+        load_authors_state_dict(model, state)
+    state = authors_layout(model)
+    state["primitive_embedding"] = torch.zeros(3, 16)
+    with pytest.raises(ValueError, match="shape"):
+        load_authors_state_dict(model, state, strict=False)
+
+
+def test_torchvision_weights_load_strictly_and_skip_fc(tmp_path):
+    encoder = ResNet18(feature_size=32)
+    tv = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in encoder.state_dict().items()
+          if not k.startswith("fc.")}
+    tv["fc.weight"], tv["fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)
+    path = tmp_path / "resnet18.pth"
+    torch.save(tv, path)
+    skipped = encoder.load_torchvision_weights(path)
+    assert skipped == ["fc.bias", "fc.weight"]
+    torch.testing.assert_close(encoder.layer3[1].conv2.weight, tv["layer3.1.conv2.weight"])
+    del tv["layer1.0.bn1.running_mean"]
+    with pytest.raises(ValueError, match="layer1.0.bn1.running_mean"):
+        encoder.load_torchvision_weights(tv)
+    with pytest.raises(FileNotFoundError):
+        encoder.load_torchvision_weights(tmp_path / "missing.pth")
+
+
+def test_frozen_batchnorm_keeps_statistics_in_train_mode():
+    frozen, live = ResNet18(8, freeze_bn=True), ResNet18(8, freeze_bn=False)
+    frozen.train(), live.train()
+    before = frozen.bn1.running_mean.clone()
+    frozen(torch.randn(2, 3, 32, 32)), live(torch.randn(2, 3, 32, 32))
+    assert torch.equal(frozen.bn1.running_mean, before)
+    assert not torch.equal(live.bn1.running_mean, before)
+
+
+def test_primitives_surface_points_lie_on_their_primitive():
+    torch.manual_seed(0)
+    model = NeuralParts(n_primitives=3, feature_size=16, hidden_size=16, proj_dims=8, encoder="latent", n_shapes=2)
+    prims = model.predict(torch.tensor([0, 1]))
+    y = prims.to_world(prims.sample_sphere(64))
+    assert y.shape == (2, 64, 3, 3)
+    g = prims.implicit(y.reshape(2, -1, 3), per_primitive=True).per_primitive.view(2, 64, 3, 3)
+    own = torch.diagonal(g, dim1=2, dim2=3)
+    assert own.abs().max() < 1e-5  # a surface point has g ~ 0 in its own primitive
+    on_excl = prims.union_mask(y)
+    on_incl = prims.union_mask(y, test_own_primitive=True)
+    assert torch.all(on_incl <= on_excl)  # testing the own primitive can only drop points
+    verts, faces = prims.meshes(200)
+    assert verts.shape[:2] == (2, 3) and faces.shape[1] == 3
+
+
+def test_latent_encoder_and_bad_arguments():
+    with pytest.raises(ValueError, match="n_shapes"):
+        NeuralParts(encoder="latent")
+    with pytest.raises(ValueError, match="encoder"):
+        NeuralParts(encoder="vgg")
+    with pytest.raises(ValueError, match="n_primitives"):
+        NeuralParts(n_primitives=0)
