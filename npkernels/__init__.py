@@ -8,10 +8,12 @@ kernels into an existing model. Importing this package compiles nothing and need
 from ._dispatch import backend_info
 from .coupling import Affine, CouplingWeights, coupling_forward, coupling_inverse
 from .implicit import UnionImplicit, implicit_union
+from .inside_mesh import inside_mesh, inside_mesh_batch
 from .knn import KNN, chamfer, knn
+from .patch import accelerate, restore
 
 __version__ = "0.1.0"
 __all__ = [
-    "Affine", "CouplingWeights", "KNN", "UnionImplicit", "backend_info", "chamfer", "coupling_forward",
-    "coupling_inverse", "implicit_union", "knn",
+    "Affine", "CouplingWeights", "KNN", "UnionImplicit", "accelerate", "backend_info", "chamfer",
+    "coupling_forward", "coupling_inverse", "implicit_union", "inside_mesh", "inside_mesh_batch", "knn", "restore",
 ]

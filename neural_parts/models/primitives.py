@@ -68,6 +68,19 @@ class Primitives:
             g = g.masked_fill(own, float("inf"))
         return (g >= 0).all(-1)
 
+    def points(self, n: int = 200, test_own_primitive: bool = False,
+               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """n fresh sphere samples per primitive mapped to the world (B, n, M, 3), and the
+        union mask on_surface (B, n, M) (outside every other primitive)."""
+        y = self.to_world(self.sample_sphere(n, generator))
+        return y, self.union_mask(y.detach(), test_own_primitive)
+
+    def export(self, out_dir, min_vertices: int = 5000, coloured: str = "ply") -> list:
+        """Write part_000.obj ... and a coloured parts.<ply|glb> of batch element 0; returns the paths."""
+        from ..api import export_parts
+
+        return export_parts(self, out_dir, min_vertices, coloured)
+
     def meshes(self, min_vertices: int = 5000) -> tuple[Tensor, Tensor]:
         """Per-primitive meshes: an icosphere mapped by phi. Returns vertices (B, M, V, 3), faces (F, 3)."""
         v, f = icosphere(min_vertices, self.radius, device=self.cond.device, dtype=self.cond.dtype)

@@ -35,7 +35,7 @@ def implicit_union(x: Tensor, cond: Tensor, weights: CouplingWeights, affine: Af
     needs_graph = torch.is_grad_enabled() and any(
         t.requires_grad for t in (x, cond, affine.scale, affine.rotation, affine.translation, weights.proj_w1))
     M = cond.shape[1]
-    step = x.shape[1] if needs_graph else max(1, chunk_rows // M)
+    step = max(1, x.shape[1]) if needs_graph else max(1, chunk_rows // M)
     parts = [primitive_implicit(x[:, i:i + step], cond, weights, affine, radius)
              for i in range(0, x.shape[1], step)] or [x.new_zeros(x.shape[0], 0, M)]
     g = torch.cat(parts, 1) if len(parts) > 1 else parts[0]

@@ -117,3 +117,16 @@ def test_latent_encoder_and_bad_arguments():
         NeuralParts(encoder="vgg")
     with pytest.raises(ValueError, match="n_primitives"):
         NeuralParts(n_primitives=0)
+
+
+def test_primitives_points_and_export(tmp_path):
+    pytest.importorskip("trimesh")
+    torch.manual_seed(0)
+    model = NeuralParts(n_primitives=2, feature_size=8, hidden_size=16, proj_dims=8, encoder="latent", n_shapes=1)
+    prims = model.predict(torch.tensor([0]))
+    points, on = prims.points(32)
+    assert points.shape == (1, 32, 2, 3) and on.shape == (1, 32, 2) and on.dtype == torch.bool
+    assert torch.equal(on, prims.union_mask(points))
+    written = prims.export(tmp_path, min_vertices=100)
+    assert sorted(p.name for p in written) == ["part_000.obj", "part_001.obj", "parts.ply"]
+    assert all(p.stat().st_size > 0 for p in written)

@@ -1,0 +1,61 @@
+"""Benchmark harness for the npkernels ops (pytest-benchmark).
+
+``bench`` fixture: runs ``target`` through ``benchmark.pedantic`` (CUDA-synchronised, warm-up rounds,
+one iteration per round) and records op, provider, mode, size, dtype, device, versions, matmul
+precision and peak CUDA memory in ``extra_info``. Without a GPU the Triton interpreter is selected
+before triton is imported (as in tests/conftest.py) and only the tiny CPU sizes run, once each under
+``--benchmark-disable`` (the CI smoke test of the harness).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+
+
+@pytest.fixture
+def bench(benchmark):
+    def run(target, *, op: str, provider: str, mode: str, size: str, dtype=torch.float32, extra=None):
+        cuda = torch.cuda.is_available()
+        benchmark.group = f"{op}-{mode}-{size}"
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+
+        def timed():
+            out = target()
+            if cuda:
+                torch.cuda.synchronize()
+            return out
+
+        result = benchmark.pedantic(
+            timed, rounds=20 if cuda else 1, warmup_rounds=3 if cuda else 0, iterations=1
+        )
+        import importlib.metadata as md
+
+        try:
+            triton_version = md.version("triton")
+        except md.PackageNotFoundError:
+            triton_version = "none"
+        benchmark.extra_info.update(
+            op=op,
+            provider=provider,
+            mode=mode,
+            size=size,
+            dtype=str(dtype),
+            device=torch.cuda.get_device_name() if cuda else "cpu",
+            torch=torch.__version__,
+            triton=triton_version,
+            matmul_precision=torch.get_float32_matmul_precision(),
+            peak_cuda_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
+            **(extra or {}),
+        )
+        return result
+
+    return run

@@ -1,0 +1,156 @@
+"""Job lists of each source kind: ``{split: [job, ...]}`` plus a provenance dict (see ``build.build``)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from . import readers, synthetic
+from .build import SPLITS
+
+SYNTHETIC_COUNTS = {"train": 256, "val": 32, "test": 32}  # records per split of the default dataset
+
+
+def synthetic_jobs(n_train: int, n_val: int, n_test: int, seed: int = 0, categories=synthetic.CATEGORIES):
+    """The built-in procedural dataset."""
+    counts = {"train": n_train, "val": n_val, "test": n_test}
+    jobs = {
+        split: [
+            {
+                "kind": "synthetic",
+                "seed": seed,
+                "split": split,
+                "index": i,
+                "categories": list(categories),
+                "name": f"{split}_{i:05d}_{synthetic.category_of(i, categories)}",
+            }
+            for i in range(n)
+        ]
+        for split, n in counts.items()
+        if n > 0
+    }
+    return jobs, {
+        "kind": "synthetic",
+        "generator_version": synthetic.GENERATOR_VERSION,
+        "seed": seed,
+        "categories": list(categories),
+        "counts": counts,
+    }
+
+
+def hash_split(key: str) -> str:
+    """80/10/10 train/val/test by a stable hash of ``key``."""
+    bucket = int(hashlib.sha1(key.encode()).hexdigest(), 16) % 10
+    return "train" if bucket < 8 else ("val" if bucket == 8 else "test")
+
+
+def mesh_jobs(root, split_csv=None):
+    """Every mesh file under ``root``; split by ``split_csv`` (tag = path relative to root) or by hash."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"meshes folder {root} does not exist")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in readers.MESH_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no {'/'.join(readers.MESH_SUFFIXES)} files under {root}")
+    table = None
+    if split_csv is not None:
+        table = {r["id"]: r["split"] for r in readers.read_split_csv(split_csv)}
+    jobs = {s: [] for s in SPLITS}
+    for p in files:
+        rel = p.relative_to(root).as_posix()
+        split = hash_split(rel) if table is None else table.get(rel, table.get(p.stem))
+        if split in jobs:
+            jobs[split].append({"kind": "mesh", "path": str(p), "name": rel, "category": p.parent.name})
+    return {s: j for s, j in jobs.items() if j}, {
+        "kind": "meshes",
+        "root": str(root.resolve()),
+        "split_csv": str(split_csv) if split_csv else None,
+    }
+
+
+def dfaust_jobs(registrations: list, split_csv, drop_first: int = 20):
+    """Frames of D-FAUST registration files listed in an authors'-format split CSV (id,model_id,split).
+
+    Frames ``< drop_first`` are dropped (the authors skip the first 20 of each sequence)."""
+    where = {}
+    for path in registrations:
+        for seq, n in readers.dfaust_sequences(path).items():
+            where[seq] = (str(path), n)
+    jobs = {s: [] for s in SPLITS}
+    for row in readers.read_split_csv(split_csv):
+        seq, frame, split = row["id"], int(row["model_id"]), row["split"]
+        if frame < drop_first or seq not in where or frame >= where[seq][1] or split not in jobs:
+            continue
+        jobs[split].append(
+            {
+                "kind": "dfaust",
+                "path": where[seq][0],
+                "sequence": seq,
+                "frame": frame,
+                "name": f"{seq}:{frame:05d}",
+                "category": "human",
+            }
+        )
+    if not any(jobs.values()):
+        raise ValueError(f"{split_csv}: no frames >= {drop_first} of the sequences in {registrations}")
+    return {s: j for s, j in jobs.items() if j}, {
+        "kind": "dfaust",
+        "registrations": [str(p) for p in registrations],
+        "split_csv": str(split_csv),
+        "drop_first": drop_first,
+    }
+
+
+def shapenet_jobs(root, split_csv=None, classes=None, mesh_file: str = "model_watertight.off"):
+    """Models of an ONet folder (imported with their labels) or of meshes ``<model>/<mesh_file>``."""
+    root = Path(root)
+    jobs = {}
+    for split in SPLITS:
+        for synset, model in readers.shapenet_models(root, split, classes, split_csv):
+            d = root / synset / model
+            name = f"{synset}:{model}"
+            if (d / "points.npz").exists() and (d / "pointcloud.npz").exists():
+                job = {"kind": "onet", "path": str(d), "name": name, "category": synset}
+            else:
+                job = {"kind": "mesh", "path": str(d / mesh_file), "name": name, "category": synset}
+            jobs.setdefault(split, []).append(job)
+    if not jobs:
+        raise FileNotFoundError(f"{root}: no models listed in <synset>/<split>.lst or {split_csv}")
+    kinds = {j["kind"] for js in jobs.values() for j in js}
+    return jobs, {
+        "kind": "shapenet_onet" if kinds == {"onet"} else "shapenet",
+        "root": str(root.resolve()),
+        "split_csv": str(split_csv) if split_csv else None,
+        "classes": classes,
+        "mesh_file": mesh_file,
+    }
+
+
+def prepare_synthetic(
+    output_dir=None,
+    n_train: int = SYNTHETIC_COUNTS["train"],
+    n_val: int = SYNTHETIC_COUNTS["val"],
+    n_test: int = SYNTHETIC_COUNTS["test"],
+    seed: int = 0,
+    image_size: int = 224,
+    workers: int | None = None,
+    categories=synthetic.CATEGORIES,
+    progress: bool = True,
+    **record_options,
+) -> dict:
+    """Build the built-in dataset into ``output_dir`` (default ``default_data_dir("synthetic-v1")``); the
+    default counts take about 2 minutes on 2 CPU cores.
+
+    ``record_options`` go to ``RecordConfig`` (n_volume, n_surface, n_views, box, ...). Returns the summary.
+    """
+    from .build import build, default_data_dir
+    from .process import RecordConfig
+
+    jobs, source = synthetic_jobs(n_train, n_val, n_test, seed, categories)
+    output = (
+        Path(output_dir)
+        if output_dir is not None
+        else default_data_dir(f"synthetic-v{synthetic.GENERATOR_VERSION}")
+    )
+    cfg = RecordConfig(image_size=image_size, **record_options)
+    return build(jobs, output, cfg, source=source, seed=seed, workers=workers, progress=progress)

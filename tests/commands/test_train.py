@@ -1,0 +1,106 @@
+"""`python -m neural_parts.train`: run folder contents, resume after SIGKILL, user errors."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+import yaml
+from command_helpers import TINY, run_cli, sets
+from PIL import Image
+
+
+def test_train_writes_the_run_folder(trained_run):
+    names = {p.name for p in trained_run.iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "train.log", "last.pt", "best.pt", "step_2.pt", "step_4.pt",
+            "preview.png"} <= names
+    cfg = yaml.safe_load((trained_run / "config.yaml").read_text())
+    assert cfg["network"]["n_primitives"] == 2 and cfg["training"]["max_steps"] == 4
+    rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in rows if r["split"] == "train"]
+    val_steps = [r["step"] for r in rows if r["split"] == "val"]
+    assert train_steps == [1, 2, 3, 4] and val_steps == [0, 2, 4]
+    assert all(0 <= r["iou"] <= 1 for r in rows) and all(r["total"] > 0 for r in rows if r["split"] == "train")
+    last = torch.load(trained_run / "last.pt", weights_only=True)
+    assert last["step"] == 4 and set(last) >= {"model", "optimizer", "config", "rng", "metrics"}
+    best_iou = max(r["iou"] for r in rows if r["split"] == "val")
+    assert abs(torch.load(trained_run / "best.pt", weights_only=True)["metrics"]["best_iou"] - best_iou) < 1e-5
+    log = (trained_run / "train.log").read_text()
+    assert "device: cpu" in log and "kernel backend" in log and "float32 matmul precision" in log
+    with Image.open(trained_run / "preview.png") as im:
+        assert im.size[0] == 3 * im.size[1]  # one shape: input, two views of the primitives
+
+
+def test_resume_after_sigkill_loses_at_most_one_interval(tmp_path, dataset, env):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "neural_parts.train", "--output", str(out), "--max-steps", "1000", "-q",
+           *sets(*TINY, f"data.dataset={dataset}", "training.checkpoint_every=2", "validation.every_steps=1000",
+                 "training.keep_checkpoints=0")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not list(out.glob("step_*.pt")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert list(out.glob("step_*.pt")), f"no checkpoint appeared: {proc.stderr.read() if proc.poll() else ''}"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    saved = max(int(p.stem[5:]) for p in out.glob("step_*.pt"))
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == saved
+    for path in out.glob("step_*.pt"):  # every file that appeared is complete
+        assert torch.load(path, weights_only=True)["step"] == int(path.stem[5:])
+    resumed = run_cli("train", "--resume", out, "--max-steps", saved + 2, "-q", env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed {out / 'last.pt'} at step {saved}" in resumed.stdout
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == saved + 2
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"][-2:] == [saved + 1, saved + 2]
+
+
+def test_cli_user_error_exits_2_with_one_line(tmp_path, env):
+    proc = run_cli("train", "--output", tmp_path / "out", "--set", "training.lrr=1", env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "train: error: unknown config key 'training.lrr'; did you mean 'training.lr'?"
+
+
+def test_user_errors(tmp_path, trained_run, capsys):
+    from neural_parts.train import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training: {lr: [1, 2\n")
+    out = ["--output", str(tmp_path / "out")]
+    cases = [
+        ([*out, "--config", "defualt"], "did you mean 'default'"),
+        ([*out, "--set", "training.lr=fast"], "expected a number"),
+        ([*out, "--config", str(bad)], "invalid YAML at line 2"),
+        (["--resume", str(tmp_path / "nothing")], "not a run folder"),
+        (["--output", str(trained_run)], "already holds a run"),
+        ([*out, "--set", "data.dataset=/nonexistent/folder"], "dataset files not found"),
+        ([*out, "--config", "dfaust_6"], "expects pretrained encoder weights"),
+    ]
+    for args, message in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("train: error: ") and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_sigterm_saves_last_checkpoint(tmp_path, dataset, env):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "neural_parts.train", "--output", str(out), "--max-steps", "1000", "-q",
+           *sets(*TINY, f"data.dataset={dataset}", "training.checkpoint_every=1000", "validation.every_steps=1000")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # wait for the first logged training step
+        metrics = out / "metrics.jsonl"
+        if metrics.exists() and '"split": "train"' in metrics.read_text():
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted at step" in stdout
+    assert torch.load(out / "last.pt", weights_only=True)["step"] >= 1
