@@ -26,13 +26,13 @@ UNIT_BOX = np.array([[-0.55, -0.55, -0.55], [0.55, 0.55, 0.55]])
 
 def build_model(cfg: dict, n_shapes: int | None = None) -> NeuralParts:
     """A NeuralParts model from a config dict (``config.load_config``); random weights."""
-    fe = cfg["feature_extractor"]
+    fe, inn = cfg["feature_extractor"], cfg["invertible_network"]
     model = NeuralParts(
         n_primitives=cfg["network"]["n_primitives"], feature_size=fe["feature_size"],
-        hidden_size=cfg["invertible_network"]["hidden_size"], proj_dims=cfg["projection_layer"]["proj_dims"],
-        n_layers=cfg["invertible_network"]["n_blocks"], radius=cfg["network"]["sphere_radius"],
-        encoder=fe["type"], freeze_bn=fe["freeze_bn"], normalize=cfg["network"]["normalize"],
-        explicit_affine=cfg["network"]["explicit_affine"], n_shapes=n_shapes)
+        hidden_size=inn["hidden_size"], proj_dims=cfg["projection_layer"]["proj_dims"],
+        n_layers=inn["n_blocks"], radius=cfg["network"]["sphere_radius"],
+        encoder=fe["type"], freeze_bn=fe["freeze_bn"], normalize=inn["normalize"],
+        explicit_affine=inn["explicit_affine"], n_shapes=n_shapes, network=inn["type"])
     model.kernel_backend = cfg["runtime"]["kernel_backend"]
     return model
 

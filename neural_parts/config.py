@@ -31,14 +31,20 @@ DEFAULTS: dict = {
         "random_view": False,
         "num_workers": 0,
     },
-    "network": {"n_primitives": 6, "sphere_radius": 0.25, "normalize": True, "explicit_affine": True},
+    "network": {"n_primitives": 6, "sphere_radius": 0.25},
     "feature_extractor": {
         "type": "resnet18",  # resnet18 | latent
         "feature_size": 256,
         "freeze_bn": True,
         "weights": None,  # torchvision resnet18 state dict path, or "none" to train from scratch
     },
-    "invertible_network": {"hidden_size": 256, "n_blocks": 4},
+    "invertible_network": {
+        "type": "simple_nvp",  # simple_nvp | atlasnet (the AtlasNet-sphere ablation)
+        "hidden_size": 256,
+        "n_blocks": 4,
+        "normalize": True,  # the sigma = elu(.) + 1 scale head
+        "explicit_affine": True,  # the quaternion rotation and translation heads
+    },
     "projection_layer": {"proj_dims": 128},
     "loss": {
         "weights": {"chamfer": 0.3, "normal": 0.01, "occupancy": 1.0, "coverage": 0.01, "overlap": 0.1},
@@ -84,6 +90,7 @@ DEFAULTS: dict = {
 
 CHOICES = {
     ("feature_extractor", "type"): ("resnet18", "latent"),
+    ("invertible_network", "type"): ("simple_nvp", "atlasnet"),
     ("loss", "volume_implicit"): ("euclidean", "inn"),
     ("training", "optimizer"): ("adam", "radam"),
     ("runtime", "kernel_backend"): ("auto", "triton", "reference"),
@@ -270,6 +277,10 @@ def validate(cfg: dict) -> dict:
             raise ConfigError(f"loss weight 'loss.weights.{term}' must be a number >= 0, got {w!r}")
     if not any(weights.values()):
         raise ConfigError("every loss weight is 0: nothing to train")
+    if cfg["invertible_network"]["type"] == "atlasnet" and (
+            weights.get("normal", 0) or cfg["loss"]["volume_implicit"] != "euclidean"):
+        raise ConfigError("invertible_network.type=atlasnet has no inverse map: it needs loss.weights.normal=0 "
+                          "and loss.volume_implicit=euclidean")
     cats = cfg["data"]["categories"]
     if cats is not None and not (isinstance(cats, list) and all(isinstance(c, str) for c in cats)):
         raise ConfigError(f"config key 'data.categories' must be a list of names or null, got {cats!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .atlasnet import AtlasNetSphere
 from .encoders import ResNet18
 from .invertible import ConditionalNVP
 from .primitives import Primitives
@@ -31,12 +32,14 @@ class NeuralParts(nn.Module):
         radius: sphere radius r. encoder: "resnet18" or "latent" (needs ``n_shapes``).
         freeze_bn: BatchNorm uses running statistics only (the authors' setting for pretrained trunks).
         normalize, explicit_affine: the sigma scale head and the rigid (quaternion, translation) heads.
+        network: "simple_nvp" (the conditional invertible network) or "atlasnet" (the authors'
+            AtlasNet-sphere ablation: an MLP without inverse, see models/atlasnet.py).
     """
 
     def __init__(self, n_primitives: int = 5, feature_size: int = 256, hidden_size: int = 256,
                  proj_dims: int = 128, n_layers: int = 4, radius: float = 0.25, encoder: str = "resnet18",
                  freeze_bn: bool = True, normalize: bool = True, explicit_affine: bool = True,
-                 n_shapes: int | None = None):
+                 n_shapes: int | None = None, network: str = "simple_nvp"):
         super().__init__()
         if n_primitives < 1:
             raise ValueError(f"n_primitives must be >= 1, got {n_primitives}")
@@ -51,8 +54,13 @@ class NeuralParts(nn.Module):
         else:
             raise ValueError(f"unknown encoder {encoder!r}; expected 'resnet18' or 'latent'")
         self.primitive_embedding = nn.Parameter(torch.randn(n_primitives, feature_size))
-        self.invertible_network = ConditionalNVP(2 * feature_size, hidden_size, proj_dims, n_layers,
-                                                 normalize, explicit_affine)
+        if network == "simple_nvp":
+            self.invertible_network = ConditionalNVP(2 * feature_size, hidden_size, proj_dims, n_layers,
+                                                     normalize, explicit_affine)
+        elif network == "atlasnet":
+            self.invertible_network = AtlasNetSphere(2 * feature_size, radius)
+        else:
+            raise ValueError(f"unknown network {network!r}; expected 'simple_nvp' or 'atlasnet'")
 
     @property
     def kernel_backend(self) -> str:

@@ -4,12 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from npkernels import Affine, UnionImplicit
 
 from ..geometry import icosphere, sample_sphere
-from .invertible import ConditionalNVP
 
 
 @dataclass
@@ -21,7 +20,7 @@ class Primitives:
 
     cond: Tensor
     affine: Affine
-    network: ConditionalNVP
+    network: nn.Module  # ConditionalNVP, or AtlasNetSphere for the ablation
     radius: float
 
     @property

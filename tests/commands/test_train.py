@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 import yaml
 from command_helpers import TINY, run_cli, sets
@@ -104,3 +105,19 @@ def test_sigterm_saves_last_checkpoint(tmp_path, dataset, env):
     assert proc.returncode == 130, stderr[-2000:]
     assert "interrupted at step" in stdout
     assert torch.load(out / "last.pt", weights_only=True)["step"] >= 1
+
+
+@pytest.mark.parametrize("preset", ["ablation_atlasnet", "ablation_no_inverse"])
+def test_ablation_presets_train(tmp_path, dataset, env, preset):
+    out = tmp_path / preset
+    proc = run_cli("train", "--config", preset, "--output", out, "--max-steps", 2, "-q",
+                   *sets(*TINY, f"data.dataset={dataset}", "validation.every_steps=2"), env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_terms = set(rows[-2]) if rows[-1]["split"] == "val" else set(rows[-1])
+    if preset == "ablation_atlasnet":
+        assert cfg["invertible_network"]["type"] == "atlasnet" and "normal" not in train_terms
+        assert {"occupancy", "chamfer"} <= train_terms
+    else:
+        assert "chamfer" in train_terms and not {"occupancy", "normal"} & train_terms
