@@ -51,13 +51,22 @@ def layer_biases(cond: Tensor, weights: CouplingWeights) -> list[Tensor]:
     return out
 
 
-def _scale_shift(y: Tensor, lw: LayerWeights, bias: Tensor, weights: CouplingWeights) -> tuple[Tensor, Tensor]:
-    """s (clamped) and t for points y (..., 3) with hoisted bias broadcastable to (..., 2H)."""
+def prepare(cond: Tensor, weights: CouplingWeights) -> list[tuple[Tensor, Tensor]]:
+    """Per layer: the hoisted bias (B, M, 2H) and the merged point weight [W1s_P; W1t_P] (2H, P).
+
+    Computed once per call (or once for all chunks of a chunked evaluation).
+    """
     C = weights.cond_dims
+    return [(bias, torch.cat([lw.s_w1[:, C:], lw.t_w1[:, C:]], 0))
+            for lw, bias in zip(weights.layers, layer_biases(cond, weights))]
+
+
+def _scale_shift(y: Tensor, lw: LayerWeights, bias: Tensor, w_p: Tensor, weights: CouplingWeights
+                 ) -> tuple[Tensor, Tensor]:
+    """s (clamped) and t for points y (..., 3) with hoisted bias broadcastable to (..., 2H)."""
     H = lw.s_w1.shape[0]
     proj = F.linear(F.relu(F.linear(y * lw.mask, weights.proj_w1, weights.proj_b1)),
                     weights.proj_w2, weights.proj_b2)
-    w_p = torch.cat([lw.s_w1[:, C:], lw.t_w1[:, C:]], 0)
     h = F.relu(torch.matmul(proj, w_p.t()) + bias)
     hs = F.relu(F.linear(h[..., :H], lw.s_w2, lw.s_b2))
     ht = F.relu(F.linear(h[..., H:], lw.t_w2, lw.t_b2))
@@ -67,7 +76,8 @@ def _scale_shift(y: Tensor, lw: LayerWeights, bias: Tensor, weights: CouplingWei
 
 
 def coupling_inverse(x: Tensor, cond: Tensor, weights: CouplingWeights, affine: Affine, *,
-                     owner: Tensor | None = None, return_log_det: bool = False):
+                     owner: Tensor | None = None, return_log_det: bool = False,
+                     prepared: list[tuple[Tensor, Tensor]] | None = None):
     """World -> sphere map of every point in every primitive (or in its ``owner`` primitive).
 
     Args:
@@ -75,16 +85,17 @@ def coupling_inverse(x: Tensor, cond: Tensor, weights: CouplingWeights, affine: 
         cond: (B, M, C) per-primitive conditions.
         owner: optional (B, N) int64 primitive index per point; x must then be (B, N, 3).
         return_log_det: also return log|det J| = sum over layers of sum(s), shape of x[..., 0].
+        prepared: ``prepare(cond, weights)``, to share it between chunks of one evaluation.
     Returns:
         (B, N, M, 3) sphere coordinates ((B, N, 3) with owner), and optionally the log-det.
     """
-    biases = layer_biases(cond, weights)
+    prepared = prepare(cond, weights) if prepared is None else prepared
     T = _rows(affine.translation, owner)
     y = (x.unsqueeze(2) if owner is None and x.dim() == 3 else x) - T
     y = _rotate(y, affine.rotation, owner, transpose=True) * _rows(affine.scale, owner)
     log_det = y.new_zeros(y.shape[:-1])
-    for lw, bias in zip(reversed(weights.layers), reversed(biases)):
-        s, t = _scale_shift(y, lw, _rows(bias, owner), weights)
+    for lw, (bias, w_p) in zip(reversed(weights.layers), reversed(prepared)):
+        s, t = _scale_shift(y, lw, _rows(bias, owner), w_p, weights)
         y = lw.mask * y + (1 - lw.mask) * (y * torch.exp(s) + t)
         log_det = log_det + s.sum(-1)
     return (y, log_det) if return_log_det else y
@@ -93,11 +104,10 @@ def coupling_inverse(x: Tensor, cond: Tensor, weights: CouplingWeights, affine: 
 def coupling_forward(z: Tensor, cond: Tensor, weights: CouplingWeights, affine: Affine, *,
                      return_log_det: bool = False):
     """Sphere -> world map: z (B, S, M, 3) -> (B, S, M, 3); optionally log|det J| (B, S, M) = -sum(s)."""
-    biases = layer_biases(cond, weights)
     y = z
     log_det = y.new_zeros(y.shape[:-1])
-    for lw, bias in zip(weights.layers, biases):
-        s, t = _scale_shift(y, lw, bias.unsqueeze(1), weights)
+    for lw, (bias, w_p) in zip(weights.layers, prepare(cond, weights)):
+        s, t = _scale_shift(y, lw, bias.unsqueeze(1), w_p, weights)
         y = lw.mask * y + (1 - lw.mask) * ((y - t) * torch.exp(-s))
         log_det = log_det - s.sum(-1)
     y = _rotate(y / affine.scale.unsqueeze(1), affine.rotation, None, transpose=False)

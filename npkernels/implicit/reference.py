@@ -23,21 +23,33 @@ class UnionImplicit(NamedTuple):
     per_primitive: Tensor | None
 
 
-def primitive_implicit(x: Tensor, cond: Tensor, weights: CouplingWeights, affine: Affine,
-                       radius: float) -> Tensor:
+# Rows ((point, primitive) pairs of the whole batch) per chunk of a no-grad evaluation: small chunks
+# keep the activations in cache on CPU (measured 2x faster than one pass at 40k rows, width 128);
+# large ones keep GPU launches few.
+CHUNK_ROWS = {"cpu": 1 << 10}
+DEFAULT_CHUNK_ROWS = 1 << 18
+
+
+def primitive_implicit(x: Tensor, cond: Tensor, weights: CouplingWeights, affine: Affine, radius: float,
+                       prepared: list | None = None) -> Tensor:
     """g_m(x) for all primitives: x (B, N, 3) -> (B, N, M)."""
-    return torch.linalg.vector_norm(coupling.coupling_inverse(x, cond, weights, affine), dim=-1) - radius
+    z = coupling.coupling_inverse(x, cond, weights, affine, prepared=prepared)
+    return torch.linalg.vector_norm(z, dim=-1) - radius
 
 
 def implicit_union(x: Tensor, cond: Tensor, weights: CouplingWeights, affine: Affine, *,
-                   radius: float = 0.25, per_primitive: bool = False, chunk_rows: int = 1 << 16) -> UnionImplicit:
+                   radius: float = 0.25, per_primitive: bool = False, chunk_rows: int | None = None
+                   ) -> UnionImplicit:
     """G(x), its argmin and optionally all g_m for x (B, N, 3)."""
     needs_graph = torch.is_grad_enabled() and any(
         t.requires_grad for t in (x, cond, affine.scale, affine.rotation, affine.translation, weights.proj_w1))
+    B, N, _ = x.shape
     M = cond.shape[1]
-    step = max(1, x.shape[1]) if needs_graph else max(1, chunk_rows // M)
-    parts = [primitive_implicit(x[:, i:i + step], cond, weights, affine, radius)
-             for i in range(0, x.shape[1], step)] or [x.new_zeros(x.shape[0], 0, M)]
+    chunk_rows = chunk_rows or CHUNK_ROWS.get(x.device.type, DEFAULT_CHUNK_ROWS)
+    step = max(1, N) if needs_graph else max(1, chunk_rows // (B * M))
+    prepared = coupling.prepare(cond, weights)
+    parts = [primitive_implicit(x[:, i:i + step], cond, weights, affine, radius, prepared)
+             for i in range(0, N, step)] or [x.new_zeros(B, 0, M)]
     g = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
     value, argmin = g.min(-1)
     return UnionImplicit(value, argmin, g if per_primitive else None)
