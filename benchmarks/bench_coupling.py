@@ -25,7 +25,8 @@ from np_bench import (
 
 from npkernels.coupling import coupling_forward, coupling_inverse, naive, reference
 
-SIZES = [size("tiny", B=1, N=48, M=2, **NARROW), size("dfaust-train", gpu=True, B=4, N=5000, M=6, **PAPER)]
+SIZES = [size("tiny", B=1, N=48, M=2, **NARROW), size("cpu-dfaust-B1", cpu_timing=True, B=1, N=5000, M=6, **PAPER),
+         size("dfaust-train", gpu=True, B=4, N=5000, M=6, **PAPER)]
 
 
 def _inverse(provider):

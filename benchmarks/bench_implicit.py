@@ -29,6 +29,7 @@ RADIUS = 0.25
 CHUNK_ROWS = 1 << 16
 SIZES = [
     size("tiny", B=1, N=40, M=3, **NARROW),
+    size("cpu-dfaust-B1", cpu_timing=True, B=1, N=5000, M=6, **PAPER),
     size("dfaust-train", gpu=True, B=4, N=5000, M=6, **PAPER),
     size("dense-1Mx10", gpu=True, B=1, N=1_000_000, M=10, **PAPER),
 ]

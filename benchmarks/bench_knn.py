@@ -20,6 +20,7 @@ from npkernels.knn import chamfer, knn, reference
 SIZES = [
     size("tiny", B=1, N=200, P=150),
     size("train-1.2kx1.5k", B=1, N=1200, P=1500),
+    size("cpu-100kx100k", cpu_timing=True, B=1, N=100_000, P=100_000),
     size("100kx100k", gpu=True, B=1, N=100_000, P=100_000),
 ]
 PROVIDERS = [

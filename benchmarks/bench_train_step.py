@@ -18,6 +18,7 @@ from neural_parts.objective import LossConfig, compute_losses
 
 SIZES = [
     size("tiny", B=2, M=2, F=12, H=32, P=16, N=64, Ns=32, S=16, encoder="latent"),
+    size("cpu-dfaust-B1", cpu_timing=True, B=1, M=6, F=256, H=256, P=128, N=5000, Ns=1500, S=200, encoder="latent"),
     size("dfaust-train", gpu=True, B=4, M=6, F=256, H=256, P=128, N=5000, Ns=1500, S=200, encoder="resnet18"),
 ]
 PROVIDERS = [pytest.param("reference", id="reference"), pytest.param("triton", id="triton", marks=triton_ok)]

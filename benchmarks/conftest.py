@@ -19,6 +19,23 @@ if not torch.cuda.is_available():
 import pytest
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cpu_timing: a size measured on CPU machines only when timing is on")
+
+
+def pytest_collection_modifyitems(config, items):
+    untimed = config.getoption("benchmark_disable", False)
+    reason = ("CPU measurement size: runs only on CPU machines with timing on" if untimed or torch.cuda.is_available()
+              else None)
+    for item in items:
+        if not item.get_closest_marker("cpu_timing"):
+            continue
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
+        elif getattr(item, "callspec", None) and item.callspec.params.get("provider") == "triton":
+            item.add_marker(pytest.mark.skip(reason="the Triton CPU interpreter is a test tool, not timed"))
+
+
 @pytest.fixture
 def bench(benchmark):
     def run(target, *, op: str, provider: str, mode: str, size: str, dtype=torch.float32, extra=None):
@@ -35,7 +52,8 @@ def bench(benchmark):
             return out
 
         result = benchmark.pedantic(
-            timed, rounds=20 if cuda else 1, warmup_rounds=3 if cuda else 0, iterations=1
+            timed, rounds=20 if cuda else (5 if size.startswith("cpu-") else 1),
+            warmup_rounds=3 if cuda else (1 if size.startswith("cpu-") else 0), iterations=1
         )
         import importlib.metadata as md
 

@@ -42,8 +42,13 @@ PROVIDERS = [
 ]
 
 
-def size(name: str, gpu: bool = False, **dims):
-    return pytest.param(dict(name=name, **dims), id=name, marks=[gpu_only] if gpu else [])
+def size(name: str, gpu: bool = False, cpu_timing: bool = False, **dims):
+    """A size case. ``gpu``: CUDA only. ``cpu_timing``: a paper-width size measured on CPU machines, run
+    only when benchmarks are timed (skipped under --benchmark-disable and on GPU machines)."""
+    marks = [gpu_only] if gpu else []
+    if cpu_timing:
+        marks.append(pytest.mark.cpu_timing)
+    return pytest.param(dict(name=name, **dims), id=name, marks=marks)
 
 
 @contextlib.contextmanager

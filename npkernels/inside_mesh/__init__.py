@@ -21,20 +21,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .._dispatch import log_once
 from .._ext import get_ext
+from .._utils import check_finite
 from .reference import winding_reference
 
 __all__ = ["inside_mesh", "inside_mesh_batch"]
 
-logger = logging.getLogger("npkernels")
 _BACKENDS = ("auto", "extension", "reference")
-_logged: set[str] = set()
-
-
-def _log_once(key: str, message: str, level: int = logging.INFO) -> None:
-    if key not in _logged:
-        _logged.add(key)
-        logger.log(level, message)
 
 
 def _as_tensor(name: str, x) -> torch.Tensor:
@@ -43,12 +37,6 @@ def _as_tensor(name: str, x) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(x))
     raise ValueError(f"{name} must be a torch.Tensor or a numpy array, got {type(x).__name__}")
-
-
-def _check_finite(name: str, t: torch.Tensor) -> None:
-    """Raise unless every value is finite: min and max propagate NaN and expose inf (no N-sized temporary)."""
-    if t.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(t))).all()):
-        raise ValueError(f"{name} contains NaN or inf values")
 
 
 def _validate(vertices, faces, points, suffix: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -67,8 +55,8 @@ def _validate(vertices, faces, points, suffix: str) -> tuple[torch.Tensor, torch
         raise ValueError(f"faces{suffix} is empty: a mesh needs at least one face")
     if v.shape[0] == 0:
         raise ValueError(f"vertices{suffix} is empty")
-    _check_finite(f"vertices{suffix}", v)
-    _check_finite(f"points{suffix}", p)
+    check_finite(f"vertices{suffix}", v)
+    check_finite(f"points{suffix}", p)
     lo, hi = int(f.min()), int(f.max())
     if lo < 0 or hi >= v.shape[0]:
         raise ValueError(f"faces{suffix} index out of range: indices span [{lo}, {hi}] for {v.shape[0]} vertices")
@@ -90,7 +78,7 @@ def _backend(device: torch.device, backend: str) -> str:
     if device.type == "cuda":
         if ext.has_cuda():
             return "cuda"
-        _log_once("inside_mesh_cuda_copy", "npkernels.inside_mesh: extension built without CUDA; "
+        log_once("inside_mesh_cuda_copy", "npkernels.inside_mesh: extension built without CUDA; "
                   "CUDA points are labelled by the CPU kernel (copied to host and back)", logging.WARNING)
     return "cpu"
 
@@ -135,7 +123,7 @@ def inside_mesh_batch(vertices: Sequence, faces: Sequence, points: Sequence, *, 
     sizes = [c[2].shape[0] for c in checked]
     parity = mode == "parity"
     chosen = _backend(device, backend)
-    _log_once(f"inside_mesh_{chosen}", f"npkernels.inside_mesh: backend {chosen!r}"
+    log_once(f"inside_mesh_{chosen}", f"npkernels.inside_mesh: backend {chosen!r}"
               + (" (pure PyTorch, O(N*F): slow on large inputs)" if chosen == "reference" else ""))
     if chosen == "reference":
         results = []
