@@ -237,8 +237,8 @@ def _train(args, cfg: dict, run_dir: Path, resume: dict | None) -> int:
         elapsed0 = resume["metrics"].get("elapsed_s", 0.0)
         log.info("resumed %s at step %d", resume["path"], step)
 
-    import npkernels
-    info = npkernels.backend_info()
+    from npkernels.env import report
+    info = report()  # the same facts as `python -m npkernels.env`, labeller tier included
     log.info("run folder: %s", run_dir.resolve())
     log.info("device: %s | kernel backend: %s (runtime.kernel_backend=%s) | float32 matmul precision: %s (tf32 %s)",
              device, _effective_backend(model.kernel_backend, device, info), model.kernel_backend,

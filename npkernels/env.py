@@ -2,7 +2,7 @@
 
 Prints torch / Triton versions, CUDA, which backend each op family picks for CUDA and CPU tensors,
 whether PyTorch3D (optional knn backend) is importable, and the inside-mesh labeller tier from
-``npkernels._ext.ext_status()`` when that module exists. Imports no Triton and compiles nothing.
+``npkernels._ext.ext_status()``. Imports no Triton and compiles nothing.
 """
 
 from __future__ import annotations
@@ -11,15 +11,14 @@ import importlib
 import importlib.util
 
 from ._dispatch import backend_info, interpreter_enabled, triton_status
+from ._ext import ext_status
 
 FAMILIES = ("coupling", "implicit", "knn")
 
 
 def _labeller_status() -> object:
-    if importlib.util.find_spec("npkernels._ext") is None:
-        return "npkernels._ext not available"
     try:
-        return importlib.import_module("npkernels._ext").ext_status()
+        return ext_status()
     except Exception as err:  # noqa: BLE001 - a broken extension must not hide the rest of the report
         return f"error: {type(err).__name__}: {err}"
 
