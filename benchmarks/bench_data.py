@@ -23,7 +23,7 @@ import pytest
 from neural_parts.data import render, storage
 from neural_parts.data.process import RecordConfig, make_record, normalise, to_y_up
 from neural_parts.data.readers import load_mesh
-from neural_parts.data.synthetic import unit_icosphere
+from neural_parts.geometry import unit_icosphere
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "meshes"
 BOX = np.array([[-0.55] * 3, [0.55] * 3])

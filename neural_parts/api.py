@@ -16,8 +16,10 @@ import numpy as np
 import torch
 
 from . import config as config_mod
+from .atomic import atomic_path
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state
 from .data.render import distinct_colours
+from .geometry import orient_outward
 from .models import NeuralParts
 from .models.primitives import Primitives
 
@@ -139,9 +141,8 @@ def export_parts(primitives: Primitives, out_dir: str | Path, min_vertices: int 
 
 def export_mesh(mesh, path: Path) -> Path:
     """Write a trimesh mesh (format from the suffix) through a temp name then rename (a crash never leaves a half-written mesh)."""
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    mesh.export(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        mesh.export(tmp)
     return path
 
 
@@ -175,9 +176,8 @@ def save_png(image: np.ndarray, path: str | Path) -> Path:
     from PIL import Image
 
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    Image.fromarray(image).save(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp)
     return path
 
 
@@ -231,9 +231,4 @@ def union_mesh(primitives: Primitives, box: np.ndarray = UNIT_BOX, resolution: i
     step = (hi - lo) / n
     verts, faces, _, _ = marching_cubes(padded, level=0.0, spacing=tuple(step))
     verts = verts - step + lo
-    faces = faces.astype(np.int64)
-    tri = verts[faces]
-    signed_volume = np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum() / 6
-    if signed_volume < 0:
-        faces = faces[:, ::-1].copy()
-    return verts, faces
+    return verts, orient_outward(verts, faces.astype(np.int64))

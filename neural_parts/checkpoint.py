@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .atomic import atomic_path
+
 FORMAT = "neural_parts.checkpoint"
 VERSION = 1
 
@@ -26,29 +28,21 @@ def atomic_save(obj, path: str | Path) -> None:
     """torch.save to a temp file in the same folder, fsync, then os.replace (never a partial file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_link(src: str | Path, dst: str | Path) -> None:
     """Make ``dst`` a hard link of ``src`` (a copy where links are unsupported), replacing it atomically."""
-    src, dst = Path(src), Path(dst)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        import shutil
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            import shutil
+            shutil.copyfile(src, tmp)
 
 
 def rng_state() -> dict:

@@ -1,8 +1,6 @@
 """Sphere sampling, sphere meshes and area-weighted surface sampling."""
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
 from torch import Tensor
@@ -15,12 +13,70 @@ def sample_sphere(shape: tuple[int, ...], radius: float, *, device=None, dtype=t
     return z * (radius / torch.linalg.vector_norm(z, dim=-1, keepdim=True).clamp_min(1e-12))
 
 
-@functools.lru_cache(maxsize=8)
-def _icosphere(subdivisions: int) -> tuple[np.ndarray, np.ndarray]:
-    import trimesh
+def unit_icosphere(subdivisions: int) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices (10 * 4^k + 2, 3) on the unit sphere and outward faces of a k-times subdivided icosahedron."""
+    g = (1 + 5**0.5) / 2
+    v = np.array(
+        [
+            [-1, g, 0],
+            [1, g, 0],
+            [-1, -g, 0],
+            [1, -g, 0],
+            [0, -1, g],
+            [0, 1, g],
+            [0, -1, -g],
+            [0, 1, -g],
+            [g, 0, -1],
+            [g, 0, 1],
+            [-g, 0, -1],
+            [-g, 0, 1],
+        ],
+        dtype=np.float64,
+    )
+    f = np.array(
+        [
+            [0, 11, 5],
+            [0, 5, 1],
+            [0, 1, 7],
+            [0, 7, 10],
+            [0, 10, 11],
+            [1, 5, 9],
+            [5, 11, 4],
+            [11, 10, 2],
+            [10, 7, 6],
+            [7, 1, 8],
+            [3, 9, 4],
+            [3, 4, 2],
+            [3, 2, 6],
+            [3, 6, 8],
+            [3, 8, 9],
+            [4, 9, 5],
+            [2, 4, 11],
+            [6, 2, 10],
+            [8, 6, 7],
+            [9, 8, 1],
+        ],
+        dtype=np.int64,
+    )
+    for _ in range(subdivisions):
+        edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+        unique, inverse = np.unique(edges, axis=0, return_inverse=True)
+        mid = len(v) + inverse.reshape(3, -1)  # midpoint vertex of edges (a,b), (b,c), (c,a) per face
+        v = np.concatenate([v, (v[unique[:, 0]] + v[unique[:, 1]]) / 2])
+        a, b, c = f.T
+        ab, bc, ca = mid
+        f = np.concatenate(
+            [np.stack(x, axis=1) for x in ((a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca))]
+        )
+    return v / np.linalg.norm(v, axis=1, keepdims=True), f
 
-    mesh = trimesh.creation.icosphere(subdivisions=subdivisions, radius=1.0)
-    return np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64)
+
+
+def orient_outward(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """``faces`` (F, 3), reversed if the closed mesh's signed volume is negative (normals point out)."""
+    tri = vertices[faces]
+    volume = np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum()
+    return faces if volume > 0 else faces[:, ::-1].copy()
 
 
 def icosphere(min_vertices: int, radius: float, device=None, dtype=torch.float32) -> tuple[Tensor, Tensor]:
@@ -31,7 +87,7 @@ def icosphere(min_vertices: int, radius: float, device=None, dtype=torch.float32
     k = 0
     while 10 * 4 ** k + 2 < min_vertices:
         k += 1
-    v, f = _icosphere(k)
+    v, f = unit_icosphere(k)
     return (torch.as_tensor(v * radius, dtype=dtype, device=device),
             torch.as_tensor(f, device=device))
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import signal
 import sys
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from . import api, engine
+from .atomic import atomic_path
 from .checkpoint import (
     CheckpointError,
     atomic_link,
@@ -105,9 +105,8 @@ def _remove_logging(handlers: list[logging.Handler]) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 class MetricsLog:

@@ -27,6 +27,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..atomic import atomic_path
 from .sampling import dequantise
 
 FORMAT = "neural_parts.records"
@@ -86,16 +87,10 @@ def encode(record: dict) -> dict:
     }
 
 
-def _atomic_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 def write_records(path, records: list, attrs: dict) -> None:
     """Write prepared records to ``path`` atomically (temp file, then rename)."""
-    path = Path(path)
-    tmp = _atomic_path(path)
     encoded = [encode(r) for r in records]
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             _set_attrs(f, attrs)
             for key in _BULK + _META:
@@ -108,18 +103,13 @@ def write_records(path, records: list, attrs: dict) -> None:
                     f.create_dataset(
                         key, data=np.array(values, dtype=_STR if isinstance(values[0], str) else None)
                     )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def assemble(shards: list, path, attrs: dict) -> None:
     """Concatenate shard files into ``path`` atomically; compressed chunks are copied without recoding."""
-    path = Path(path)
-    tmp = _atomic_path(path)
     counts = [len(H5Records(s)) for s in shards]
     total = sum(counts)
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as out:
             _set_attrs(out, {**attrs, "n_records": total})
             with h5py.File(shards[0], "r") as first:
@@ -143,9 +133,6 @@ def assemble(shards: list, path, attrs: dict) -> None:
                     for key in _META:
                         out[key][row : row + n] = f[key][:]
                 row += n
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _set_attrs(f: h5py.File, attrs: dict) -> None:

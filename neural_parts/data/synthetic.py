@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..geometry import orient_outward, unit_icosphere
+
 GENERATOR_VERSION = 1
 CATEGORIES = ("humanoid", "chair", "table", "plane")
 # index % 6 -> category: half humanoids, one sixth each of the object classes
@@ -67,67 +69,7 @@ def rotation(axis, angle: float) -> np.ndarray:
 def _outward(vertices: np.ndarray, faces: np.ndarray, R=None, t=(0.0, 0.0, 0.0)) -> Part:
     """Rotate by ``R``, translate by ``t`` and orient the faces outward (positive signed volume)."""
     v = vertices if R is None else vertices @ np.asarray(R).T
-    tri = v[faces]
-    volume = np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum()
-    return Part(v + np.asarray(t, dtype=np.float64), faces if volume > 0 else faces[:, ::-1].copy())
-
-
-def unit_icosphere(subdivisions: int):
-    """Vertices on the unit sphere and faces of a subdivided icosahedron."""
-    g = (1 + 5**0.5) / 2
-    v = np.array(
-        [
-            [-1, g, 0],
-            [1, g, 0],
-            [-1, -g, 0],
-            [1, -g, 0],
-            [0, -1, g],
-            [0, 1, g],
-            [0, -1, -g],
-            [0, 1, -g],
-            [g, 0, -1],
-            [g, 0, 1],
-            [-g, 0, -1],
-            [-g, 0, 1],
-        ],
-        dtype=np.float64,
-    )
-    f = np.array(
-        [
-            [0, 11, 5],
-            [0, 5, 1],
-            [0, 1, 7],
-            [0, 7, 10],
-            [0, 10, 11],
-            [1, 5, 9],
-            [5, 11, 4],
-            [11, 10, 2],
-            [10, 7, 6],
-            [7, 1, 8],
-            [3, 9, 4],
-            [3, 4, 2],
-            [3, 2, 6],
-            [3, 6, 8],
-            [3, 8, 9],
-            [4, 9, 5],
-            [2, 4, 11],
-            [6, 2, 10],
-            [8, 6, 7],
-            [9, 8, 1],
-        ],
-        dtype=np.int64,
-    )
-    for _ in range(subdivisions):
-        edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
-        unique, inverse = np.unique(edges, axis=0, return_inverse=True)
-        mid = len(v) + inverse.reshape(3, -1)  # midpoint vertex of edges (a,b), (b,c), (c,a) per face
-        v = np.concatenate([v, (v[unique[:, 0]] + v[unique[:, 1]]) / 2])
-        a, b, c = f.T
-        ab, bc, ca = mid
-        f = np.concatenate(
-            [np.stack(x, axis=1) for x in ((a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca))]
-        )
-    return v / np.linalg.norm(v, axis=1, keepdims=True), f
+    return Part(v + np.asarray(t, dtype=np.float64), orient_outward(v, faces))
 
 
 def _axis_rotation(d: np.ndarray) -> np.ndarray:
