@@ -29,7 +29,7 @@ from .atomic import atomic_path
 from .checkpoint import resolve_path
 from .cli import run_command
 from .data.dataset import normalise_image
-from .metrics import point_cloud_metrics, sample_union_surface, weighted_iou
+from .metrics import shape_metrics
 
 COLUMNS = ("index", "name", "category", "iou", "chamfer_l1", "chamfer_l2", "normal_consistency", "fscore",
            "accuracy", "completeness", "seconds")
@@ -96,28 +96,20 @@ def evaluate_shape(model, dataset, i: int, protocol: str, device, n_points: int,
     rec = dataset.record(i)
     if protocol == "onet":
         image = normalise_image(rec["images"][0], dataset.image_size)[None].to(device)
-        prims = model.predict(image)
-        x = torch.from_numpy(rec["volume_points"]).to(device)
-        inside = torch.cat([prims.implicit(x[None, s:s + 50_000]).value[0] < 0 for s in range(0, len(x), 50_000)])
-        iou = weighted_iou(inside[None], torch.from_numpy(rec["volume_labels"]).to(device)[None])
-        target = torch.from_numpy(rec["surface_points"]).to(device)[None]
-        target_n = torch.from_numpy(rec["surface_normals"]).to(device)[None]
-        n_pred, min_vertices = n_points, 5000
+        target = {k: torch.from_numpy(rec[k]).to(device)
+                  for k in ("volume_points", "volume_labels", "surface_points", "surface_normals")}
+        weights, n_pred, min_vertices = None, n_points, 5000
     else:
         item = dataset[i]
-        prims = model.predict(item["image"][None].to(device))
-        value = prims.implicit(item["volume_points"][None].to(device)).value
-        iou = weighted_iou(value < 0, item["volume_labels"][None].to(device) > 0.5,
-                           item["volume_weights"][None].to(device))
-        target, target_n = item["surface_points"][None].to(device), item["surface_normals"][None].to(device)
-        n_pred, min_vertices = 10_000, 1000
-    points, normals = sample_union_surface(prims, n_pred, min_vertices=min_vertices, generator=g)[0]
-    if len(points) == 0:
-        raise RuntimeError("the predicted union has no surface points")
-    m = point_cloud_metrics(points[None], target, normals[None], target_n)
-    return {"name": rec["name"], "category": rec["category"], "iou": float(iou[0]),
-            **{k: float(m[k][0]) for k in ("chamfer_l1", "chamfer_l2", "normal_consistency", "fscore",
-                                             "accuracy", "completeness")}}
+        image = item["image"][None].to(device)
+        target = {k: item[k].to(device) for k in ("volume_points", "surface_points", "surface_normals")}
+        target["volume_labels"] = item["volume_labels"].to(device) > 0.5
+        weights, n_pred, min_vertices = item["volume_weights"].to(device), 10_000, 1000
+    m = shape_metrics(model.predict(image), **target, volume_weights=weights, n_points=n_pred,
+                      min_vertices=min_vertices, generator=g)
+    return {"name": rec["name"], "category": rec["category"],
+            **{k: m[k] for k in ("iou", "chamfer_l1", "chamfer_l2", "normal_consistency", "fscore",
+                                 "accuracy", "completeness")}}
 
 
 def summary(rows: list[dict], protocol: str, data: str) -> str:

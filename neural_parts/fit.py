@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 from . import api, engine
+from .atomic import atomic_path
 from .checkpoint import save_checkpoint
 from .cli import run_command
 from .config import ConfigError, load_config
-from .metrics import point_cloud_metrics, sample_union_surface, weighted_iou
+from .metrics import shape_metrics
 
 BOX = np.array([[-0.55, -0.55, -0.55], [0.55, 0.55, 0.55]])
 
@@ -93,16 +94,11 @@ def draw_batch(samples: dict, cfg: dict, rng: np.random.Generator, device) -> di
 def measure(model, samples: dict, device, seed: int) -> dict:
     """IoU on all volume points and Chamfer-L1/L2, normal consistency, F-score vs the surface samples."""
     prims = model.predict(torch.zeros(1, dtype=torch.long, device=device))
-    x = torch.from_numpy(samples["volume_points"]).to(device)
-    inside = torch.cat([prims.implicit(x[None, s:s + 50_000]).value[0] < 0 for s in range(0, len(x), 50_000)])
-    labels = torch.from_numpy(samples["volume_labels"]).to(device)
-    n = min(len(samples["surface_points"]), 100_000)
+    target = {k: torch.from_numpy(samples[k]).to(device)
+              for k in ("volume_points", "volume_labels", "surface_points", "surface_normals")}
     g = torch.Generator(device=device).manual_seed(seed)
-    pts, nrm = sample_union_surface(prims, n, generator=g)[0]
-    m = point_cloud_metrics(pts[None], torch.from_numpy(samples["surface_points"]).to(device)[None], nrm[None],
-                            torch.from_numpy(samples["surface_normals"]).to(device)[None])
-    return {"iou": float(weighted_iou(inside[None], labels[None])[0]),
-            **{k: float(m[k][0]) for k in ("chamfer_l1", "chamfer_l2", "normal_consistency", "fscore")}}
+    m = shape_metrics(prims, **target, n_points=min(len(samples["surface_points"]), 100_000), generator=g)
+    return {k: m[k] for k in ("iou", "chamfer_l1", "chamfer_l2", "normal_consistency", "fscore")}
 
 
 def run(args) -> int:
@@ -151,7 +147,8 @@ def run(args) -> int:
     written.append(api.save_png(api.side_by_side(tiles, 256), out / "preview.png"))
     save_checkpoint(out / "fit.pt", model=model, config=cfg, step=steps, metrics=result)
     written.append(out / "fit.pt")
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    with atomic_path(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
     written.append(out / "metrics.json")
     print(f"IoU {result['iou']:.4f}  Chamfer-L1 {result['chamfer_l1']:.5f} (x10: {10 * result['chamfer_l1']:.4f})  "
           f"normal consistency {result['normal_consistency']:.4f}  F@0.01 {result['fscore']:.4f}  "

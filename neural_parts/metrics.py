@@ -62,6 +62,26 @@ def point_cloud_metrics(pred: Tensor, target: Tensor, pred_normals: Tensor | Non
 
 
 @torch.no_grad()
+def shape_metrics(primitives: Primitives, volume_points: Tensor, volume_labels: Tensor, surface_points: Tensor,
+                  surface_normals: Tensor, *, volume_weights: Tensor | None = None, n_points: int = 100_000,
+                  min_vertices: int = 5000, generator: torch.Generator | None = None) -> dict[str, float]:
+    """All metrics of one predicted shape (``primitives`` with batch size 1) against its target.
+
+    IoU from G < 0 at the labelled volume points (N, 3) with labels (N,) bool (and importance
+    weights (N,) if given); the ``point_cloud_metrics`` of ``n_points`` points sampled on the
+    predicted union surface against the target surface samples (Q, 3) and unit normals (Q, 3).
+    """
+    inside = primitives.implicit(volume_points[None]).value < 0
+    weights = None if volume_weights is None else volume_weights[None]
+    iou = weighted_iou(inside, volume_labels[None], weights)
+    points, normals = sample_union_surface(primitives, n_points, min_vertices, generator)[0]
+    if len(points) == 0:
+        raise RuntimeError("the predicted union has no surface points")
+    m = point_cloud_metrics(points[None], surface_points[None], normals[None], surface_normals[None])
+    return {"iou": float(iou[0]), **{k: float(v[0]) for k, v in m.items()}}
+
+
+@torch.no_grad()
 def sample_union_surface(primitives: Primitives, n_points: int, min_vertices: int = 5000,
                          generator: torch.Generator | None = None, max_rounds: int = 50
                          ) -> list[tuple[Tensor, Tensor]]:
