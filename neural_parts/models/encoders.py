@@ -15,9 +15,6 @@ from torch import Tensor, nn
 
 log = logging.getLogger("neural_parts")
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 class FrozenBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d that always normalises with its running statistics and never updates them.
