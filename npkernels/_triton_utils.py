@@ -1,4 +1,4 @@
-"""Host helpers shared by the Triton backends: dot precision, tile choice, backward by recomputation.
+"""Host helpers shared by the Triton backends: dot precision, tile choice, the autograd wrapper.
 
 Imported only by ``npkernels.<family>._triton`` (i.e. only when Triton is usable).
 """
@@ -11,9 +11,6 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ._dispatch import interpreter_enabled
-
-BACKWARD_CHUNK_ROWS = 1 << 16  # (point, primitive) rows per chunk of a first-order backward
-
 
 class DotConfig(NamedTuple):
     """How a kernel multiplies: tl.dot ``input_precision``, operand dtype, tiles, warps, stages.
@@ -29,6 +26,13 @@ class DotConfig(NamedTuple):
     block_k: int = 32
     num_warps: int = 8
     num_stages: int = 2
+
+    def backward(self) -> "DotConfig":
+        """Tiles of the coupling backward kernel, which holds ~3x the live [BLOCK_R, H] tiles of the
+        forward: sm_90 AOT compiles at production widths spill ~7.4 KB/thread of registers at 64 rows
+        (wgmma), ~2.4 KB at 32 rows / 8 warps (mma.sync, 90 KB of shared memory), ~0.8 KB at 16 rows /
+        4 warps but twice the weight traffic; 32 rows chosen without a GPU, not tuned by measurement."""
+        return self._replace(block_r=32)
 
 
 def padded_width(n: int) -> int:
@@ -51,22 +55,25 @@ def dot_config(dtype: torch.dtype) -> DotConfig:
     raise TypeError(f"npkernels Triton kernels take float32, bfloat16 or float16, got {dtype}")
 
 
-class _ByReference(torch.autograd.Function):
-    """Kernel forward, backward by recomputation through the differentiable reference.
+class _KernelFunction(torch.autograd.Function):
+    """Kernel forward; first-order backward by the op's fused backward kernel; under ``create_graph``
+    (the normal-consistency loss) one differentiable recomputation through the reference instead.
 
-    ``impl`` provides ``run_kernel(args, *static) -> tuple[Tensor]``, ``run_reference(args, static,
-    kept, rows) -> tuple[Tensor]`` (rows: the slice of points to recompute) and ``keep``: the output
-    indices the reference needs again (e.g. the argmin). The first leaf of ``args`` is the point
-    tensor; its dim 1 is the point axis along which a first-order backward is chunked.
+    ``impl`` provides ``run_kernel(args, static, for_backward) -> (outs, saved)`` (``saved``: extra
+    tensors its backward needs, written only when ``for_backward``), ``fused_backward(args, static,
+    kept, saved, grads) -> [(leaf, grad), ...]`` (args: detached leaves that require grad where a
+    gradient is wanted; grads: one per output, None where none arrived), ``run_reference(args,
+    static, kept) -> outs`` and ``keep``: the output indices both backward paths need again (e.g. the
+    argmin).
     """
 
     @staticmethod
-    def forward(ctx, impl, spec, static, *leaves):
+    def forward(ctx, impl, spec, static, for_backward, *leaves):
         args = tree_unflatten(list(leaves), spec)
-        outs = impl.run_kernel(args, *static)
+        outs, saved = impl.run_kernel(args, static, for_backward)
         kept = [outs[i] for i in impl.keep]
-        ctx.impl, ctx.spec, ctx.static, ctx.n_leaves = impl, spec, static, len(leaves)
-        ctx.save_for_backward(*leaves, *kept)
+        ctx.impl, ctx.spec, ctx.static, ctx.n_leaves, ctx.n_kept = impl, spec, static, len(leaves), len(kept)
+        ctx.save_for_backward(*leaves, *kept, *saved)
         ctx.mark_non_differentiable(*(o for o in outs if not o.is_floating_point()))
         ctx.set_materialize_grads(False)
         return outs
@@ -74,17 +81,19 @@ class _ByReference(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         saved = ctx.saved_tensors
-        leaves, kept = list(saved[: ctx.n_leaves]), list(saved[ctx.n_leaves :])
-        needs = ctx.needs_input_grad[3:]
+        n, k = ctx.n_leaves, ctx.n_kept
+        leaves, kept, extra = list(saved[:n]), list(saved[n : n + k]), list(saved[n + k :])
+        needs = ctx.needs_input_grad[4:]
         want = [i for i, need in enumerate(needs) if need]
-        out_grads: list[torch.Tensor | None] = [None] * len(leaves)
         pairs = [i for i, g in enumerate(grads) if g is not None]
+        nothing = (None, None, None, None)
+        out_grads: list[torch.Tensor | None] = [None] * len(leaves)
         if not want or not pairs:
-            return (None, None, None, *out_grads)
+            return (*nothing, *out_grads)
         impl, static = ctx.impl, ctx.static
-        if torch.is_grad_enabled():  # create_graph: one differentiable recomputation
+        if torch.is_grad_enabled():  # create_graph: the gradient must itself be differentiable
             with torch.enable_grad():
-                outs = impl.run_reference(tree_unflatten(leaves, ctx.spec), static, kept, slice(None))
+                outs = impl.run_reference(tree_unflatten(leaves, ctx.spec), static, kept)
                 res = torch.autograd.grad(
                     [outs[i] for i in pairs],
                     [leaves[i] for i in want],
@@ -94,44 +103,21 @@ class _ByReference(torch.autograd.Function):
                 )
             for i, g in zip(want, res):
                 out_grads[i] = g
-            return (None, None, None, *out_grads)
-        points = leaves[0]
-        n = points.shape[1]
-        per_row = leaves[1].shape[1]  # cond (B, M, C): at most M rows per point
+            return (*nothing, *out_grads)
         shared = [leaf.detach().requires_grad_(needs[i]) for i, leaf in enumerate(leaves)]
-        step = max(1, BACKWARD_CHUNK_ROWS // max(1, points.shape[0] * per_row))
-        if needs[0]:
-            out_grads[0] = torch.zeros_like(points)
-        for lo in range(0, n, step):
-            rows = slice(lo, min(n, lo + step))
-            chunk = list(shared)
-            chunk[0] = points[:, rows].detach().requires_grad_(needs[0])
-            with torch.enable_grad():
-                outs = impl.run_reference(
-                    tree_unflatten(chunk, ctx.spec), static, [k[:, rows] for k in kept], rows
-                )
-                res = torch.autograd.grad(
-                    [outs[i] for i in pairs],
-                    [chunk[i] for i in want],
-                    [grads[i][:, rows] for i in pairs],
-                    allow_unused=True,
-                )
-            for i, g in zip(want, res):
-                if g is None:
-                    continue
-                if i == 0:
-                    out_grads[0][:, rows] = g
-                else:
-                    out_grads[i] = g if out_grads[i] is None else out_grads[i] + g
-        return (None, None, None, *out_grads)
+        total: dict[int, torch.Tensor] = {}
+        for leaf, g in impl.fused_backward(tree_unflatten(shared, ctx.spec), static, kept, extra, grads):
+            total[id(leaf)] = g if id(leaf) not in total else total[id(leaf)] + g
+        return (*nothing, *(total.get(id(leaf)) if needs[i] else None for i, leaf in enumerate(shared)))
 
 
-class BackwardByReference:
-    """Base of the per-op adapters; ``run(*args, *static)`` applies the kernel with this backward."""
+class KernelOp:
+    """Base of the per-op adapters; ``run(*args, *static)`` applies the kernel with its backward."""
 
     keep: tuple[int, ...] = ()
 
     @classmethod
     def run(cls, points, cond, weights, affine, *static):
         leaves, spec = tree_flatten((points, cond, weights, affine))
-        return _ByReference.apply(cls, spec, static, *leaves)
+        for_backward = torch.is_grad_enabled() and any(t.requires_grad for t in leaves)
+        return _KernelFunction.apply(cls, spec, static, for_backward, *leaves)

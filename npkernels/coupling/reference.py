@@ -40,6 +40,21 @@ def _rotate(v: Tensor, rotation: Tensor, owner: Tensor | None, transpose: bool) 
     return torch.einsum(eq, v, rotation if owner is None else _rows(rotation, owner))
 
 
+def to_sphere_frame(x: Tensor, affine: Affine, owner: Tensor | None = None) -> Tensor:
+    """The rigid part of world -> sphere, ``((x - T) @ R^T) * sigma``.
+
+    x: (B, N, 3) or (B, N, M, 3) -> (B, N, M, 3); with owner (B, N): x (B, N, 3) -> (B, N, 3).
+    """
+    y = (x.unsqueeze(2) if owner is None and x.dim() == 3 else x) - _rows(affine.translation, owner)
+    return _rotate(y, affine.rotation, owner, transpose=True) * _rows(affine.scale, owner)
+
+
+def to_world_frame(y: Tensor, affine: Affine) -> Tensor:
+    """The rigid part of sphere -> world, ``(y / sigma) @ R + T``: y (B, S, M, 3) -> (B, S, M, 3)."""
+    y = _rotate(y / affine.scale.unsqueeze(1), affine.rotation, None, transpose=False)
+    return y + affine.translation.unsqueeze(1)
+
+
 def layer_biases(cond: Tensor, weights: CouplingWeights) -> list[Tensor]:
     """Hoisted first-layer biases, one (B, M, 2H) tensor per layer: [s | t] halves."""
     C = weights.cond_dims
@@ -90,9 +105,7 @@ def coupling_inverse(x: Tensor, cond: Tensor, weights: CouplingWeights, affine: 
         (B, N, M, 3) sphere coordinates ((B, N, 3) with owner), and optionally the log-det.
     """
     prepared = prepare(cond, weights) if prepared is None else prepared
-    T = _rows(affine.translation, owner)
-    y = (x.unsqueeze(2) if owner is None and x.dim() == 3 else x) - T
-    y = _rotate(y, affine.rotation, owner, transpose=True) * _rows(affine.scale, owner)
+    y = to_sphere_frame(x, affine, owner)
     log_det = y.new_zeros(y.shape[:-1])
     for lw, (bias, w_p) in zip(reversed(weights.layers), reversed(prepared)):
         s, t = _scale_shift(y, lw, _rows(bias, owner), w_p, weights)
@@ -110,6 +123,5 @@ def coupling_forward(z: Tensor, cond: Tensor, weights: CouplingWeights, affine: 
         s, t = _scale_shift(y, lw, bias.unsqueeze(1), w_p, weights)
         y = lw.mask * y + (1 - lw.mask) * ((y - t) * torch.exp(-s))
         log_det = log_det - s.sum(-1)
-    y = _rotate(y / affine.scale.unsqueeze(1), affine.rotation, None, transpose=False)
-    y = y + affine.translation.unsqueeze(1)
+    y = to_world_frame(y, affine)
     return (y, log_det) if return_log_det else y

@@ -10,9 +10,10 @@ Precision as in the coupling kernels (fp32 dots IEEE or TF32 following
 torch.get_float32_matmul_precision(); fp32 accumulation; float64 runs the reference).
 
 Backward (autograd.Function storing the inputs and the argmin only): the gradient of G flows
-into the argmin primitive alone, so it recomputes g_owner = ||coupling_inverse(x, owner=argmin)|| - r
-through the differentiable reference (plus all g_m when per_primitive received a gradient),
-chunked over points for first-order, in one piece under create_graph.
+into the argmin primitive alone, so a first-order backward maps each point again in that primitive
+only and runs the fused coupling backward (``coupling._triton.stack_backward``), plus all g_m when
+per_primitive received a gradient; under create_graph it recomputes
+g_owner = ||coupling_inverse(x, owner=argmin)|| - r through the differentiable reference.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import triton.language as tl
 
 from .. import _utils
 from .._dispatch import log_once
-from .._triton_utils import BackwardByReference
+from .._triton_utils import KernelOp
 from ..coupling import reference as coupling_reference
-from ..coupling._triton import coupling_stack, kernel_args, world_to_sphere_rigid
+from ..coupling._triton import coupling_stack, kernel_args, stack_backward, world_to_sphere_rigid
+from ..coupling._triton import launch as coupling_launch
 from . import reference
 from .reference import UnionImplicit
 
@@ -60,9 +62,9 @@ def _implicit_union_kernel(
     while m < M:  # a while loop: the interpreter (numpy >= 2.4) rejects range() over a runtime bound
         bm = b * M + m
         y0, y1, y2 = world_to_sphere_rigid(x0, x1, x2, bm, rmask, scale_ptr, rot_ptr, trans_ptr)
-        y0, y1, y2, _ = coupling_stack(y0, y1, y2, bm, rmask, bias_ptr, pw1_ptr, pb1_ptr, pw2_desc, pb2_ptr,
-                                       w1_desc, w2_desc, b2_ptr, w3_desc, b3_ptr, mask_ptr, L, H, P, HP, BLOCK_R,
-                                       BLOCK_K, True, DOT_PREC)
+        y0, y1, y2, _ = coupling_stack(y0, y1, y2, bm, rows, rmask, bias_ptr, pw1_ptr, pb1_ptr, pw2_desc,
+                                       pb2_ptr, w1_desc, w2_desc, b2_ptr, w3_desc, b3_ptr, mask_ptr, None, R, L, H,
+                                       P, HP, BLOCK_R, BLOCK_K, True, DOT_PREC, False)
         g = tl.sqrt(y0 * y0 + y1 * y1 + y2 * y2) - radius
         if PER_PRIMITIVE:
             tl.store(g_ptr + rows * M + m, g.to(g_ptr.dtype.element_ty), mask=rmask)
@@ -93,17 +95,40 @@ def launch(x, cond, weights, affine, radius: float, per_primitive: bool):
     return value, arg, g
 
 
-class _ImplicitFunction(BackwardByReference):
-    """Kernel forward; backward recomputes g of the argmin primitive (and all g if needed)."""
+def _norm_backward(z: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Gradient of ||z|| (over the last axis) times ``grad`` w.r.t. z, 0 where z = 0 (torch's rule)."""
+    z = z.float()
+    norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True)
+    return torch.where(norm > 0, grad.float().unsqueeze(-1) * z / norm, 0.0)
+
+
+class _ImplicitOp(KernelOp):
+    """Kernel forward; the gradient of G flows into the argmin primitive alone, so the backward maps
+    each point again in that primitive only (with stages) and runs the fused coupling backward; all
+    primitives only when g (B, N, M) itself received a gradient."""
 
     keep = (1,)
 
     @staticmethod
-    def run_kernel(args, radius, per_primitive):
-        return launch(*args, radius, per_primitive)
+    def run_kernel(args, static, for_backward):
+        return launch(*args, *static), ()
 
     @staticmethod
-    def run_reference(args, static, kept, rows):
+    def fused_backward(args, static, kept, saved, grads):
+        x, cond, weights, affine = args
+        per_primitive = static[1]
+        found = []
+        for owner, grad in ((kept[0], grads[0]), (None, grads[2] if per_primitive else None)):
+            if grad is None:
+                continue
+            z, _, stages = coupling_launch(x, cond, weights, affine, inverse=True, owner=owner, log_det=False,
+                                           stages=True)
+            found += stack_backward(x, cond, weights, affine, inverse=True, owner=owner, stages=stages,
+                                    grad_out=_norm_backward(z, grad), grad_ld=None)
+        return found
+
+    @staticmethod
+    def run_reference(args, static, kept):
         x, cond, weights, affine = args
         radius, per_primitive = static
         z = coupling_reference.coupling_inverse(x, cond, weights, affine, owner=kept[0])
@@ -118,5 +143,5 @@ def implicit_union(x, cond, weights, affine, *, radius: float, per_primitive: bo
     if x.dtype == torch.float64:
         log_once("implicit:fp64", "npkernels: float64 implicit_union runs the reference (no fp64 kernel)")
         return reference.implicit_union(x, cond, weights, affine, radius=radius, per_primitive=per_primitive)
-    value, arg, g = _ImplicitFunction.run(x, cond, weights, affine, radius, per_primitive)
+    value, arg, g = _ImplicitOp.run(x, cond, weights, affine, radius, per_primitive)
     return UnionImplicit(value, arg, g if per_primitive else None)

@@ -35,7 +35,7 @@ def _signature(fn, pointers: dict[str, str], consts: dict) -> dict[str, str]:
 
 def variants():
     from npkernels._triton_utils import DotConfig
-    from npkernels.coupling._triton import _coupling_kernel
+    from npkernels.coupling._triton import _coupling_backward_kernel, _coupling_kernel
     from npkernels.implicit._triton import _implicit_union_kernel
     from npkernels.knn._triton import BLOCK_C, BLOCK_Q, _knn_kernel
 
@@ -50,7 +50,7 @@ def variants():
         opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
         io = "*bf16" if cfg.operand_dtype == torch.bfloat16 else "*fp32"
         for inverse in (True, False) if name != "fp32-ieee" else (True,):  # IEEE: FMA path, ~15 s each
-            consts = dict(tiles, INVERSE=inverse, HAS_OWNER=inverse, WRITE_LOG_DET=True)
+            consts = dict(tiles, INVERSE=inverse, HAS_OWNER=inverse, WRITE_LOG_DET=True, STORE_STAGES=inverse)
             ptrs = dict(weights, x_ptr=io, out_ptr=io, owner_ptr="*i64")
             yield (
                 f"coupling-{'inverse' if inverse else 'forward'}-{name}",
@@ -62,6 +62,16 @@ def variants():
             )
         if name == "fp32-ieee":
             continue
+        for inverse in (True, False):
+            consts = dict(tiles, INVERSE=inverse, HAS_OWNER=inverse, HAS_GLD=True, BLOCK_R=cfg.backward().block_r)
+            yield (
+                f"coupling-backward-{'inverse' if inverse else 'forward'}-{name}",
+                _coupling_backward_kernel,
+                dict(weights, owner_ptr="*i64"),
+                consts,
+                {"num_warps": cfg.backward().num_warps, "num_stages": cfg.backward().num_stages},
+                True,
+            )
         consts = dict(tiles, PER_PRIMITIVE=True)
         yield (
             f"implicit-{name}",

@@ -2,7 +2,8 @@
 
 Catches what the interpreter cannot: dots with K or N < 16, ops the NVIDIA backend rejects,
 shared memory over the 227 KiB per-block limit, and dots that do not reach the tensor cores
-(TF32 and bf16 variants must contain ``wgmma``; the IEEE-fp32 variant is an FMA path by design).
+(TF32 and bf16 variants must contain ``wgmma``, the backward's 32-row tiles ``mma``; the IEEE-fp32
+variant is an FMA path by design).
 The compilation runs in a subprocess without TRITON_INTERPRET (see aot_sm90.py).
 """
 
@@ -59,6 +60,10 @@ NAMES = [
     "coupling-inverse-fp32-tf32",
     "coupling-forward-fp32-tf32",
     "implicit-fp32-tf32",
+    "coupling-backward-inverse-fp32-tf32",
+    "coupling-backward-forward-fp32-tf32",
+    "coupling-backward-inverse-bf16",
+    "coupling-backward-forward-bf16",
     "coupling-inverse-fp32-ieee",
     "coupling-inverse-bf16",
     "coupling-forward-bf16",
@@ -74,4 +79,7 @@ def test_compiles_for_sm90(compiled, name):
     assert row["ok"], row.get("error")
     assert row["shared"] <= SMEM_LIMIT, f"{name} needs {row['shared']} B of shared memory"
     if row["uses_dot"] and "ieee" not in name:
-        assert row["wgmma"] > 0, f"{name}: no wgmma in the PTX"
+        if "backward" in name:  # 32-row tiles (DotConfig.backward) are below wgmma's 64: mma.sync
+            assert row["mma"] > 0, f"{name}: no tensor-core mma in the PTX"
+        else:
+            assert row["wgmma"] > 0, f"{name}: no wgmma in the PTX"

@@ -161,12 +161,69 @@ def test_second_order_matches_reference():
         assert_close_named(f"d2/d{name}", results[0][name], results[1][name], rtol=1e-3, atol=1e-5)
 
 
+def _forbid_reference_maps(monkeypatch):
+    """From here on, recomputing a map through the reference fails the test."""
+
+    def recomputed(*args, **kwargs):
+        raise AssertionError("a first-order backward recomputed the map through the reference")
+
+    monkeypatch.setattr(reference, "coupling_inverse", recomputed)
+    monkeypatch.setattr(reference, "coupling_forward", recomputed)
+
+
+@pytest.mark.parametrize("mode", ["inverse", "inverse-owner", "forward"])
+def test_fused_backward_chunks_and_clamp(monkeypatch, mode):
+    """The first-order backward runs the backward kernel (no reference recomputation), in several
+    chunks of rows (the last one partial), with s saturated at the clamp in some rows."""
+    B, N, M = 2, 13, 3
+    x, cond, w, affine = _case(B, N, M, seed=7)
+    with torch.no_grad():
+        w.layers[1].s_b3.copy_(torch.tensor([9.9, -10.5, 10.5]))  # rows on both sides of the clamp
+    owner = torch.randint(0, M, (B, N), generator=torch.Generator().manual_seed(2)) if mode.endswith("owner") else None
+    if mode == "forward":
+        pts = (0.25 * torch.nn.functional.normalize(torch.randn(B, N, M, 3), dim=-1)).requires_grad_()
+        ref = reference.coupling_forward(pts, cond, w, affine, return_log_det=True)
+    else:
+        pts = x
+        ref = reference.coupling_inverse(pts, cond, w, affine, owner=owner, return_log_det=True)
+    named = leaves(pts, cond, w, affine)
+    upstream = [torch.randn_like(t) for t in ref]
+    want = grads(list(ref), upstream, named)
+    _forbid_reference_maps(monkeypatch)
+    monkeypatch.setattr(kt, "FUSED_BACKWARD_ROWS", 16)  # 2 points x 6 or 3 rows per chunk
+    if mode == "forward":
+        out = kt.coupling_forward(pts, cond, w, affine, return_log_det=True)
+    else:
+        out = kt.coupling_inverse(pts, cond, w, affine, owner=owner, return_log_det=True)
+    got = grads(list(out), upstream, named)
+    for name in want:
+        assert_close_named(f"d/d{name}", got[name], want[name], **FP32_TOL)
+
+
+def test_no_grad_forward_writes_no_stages(monkeypatch):
+    """Stages are written only when a backward can follow."""
+    x, cond, w, affine = _case(1, 5, 2)
+    seen = []
+    real = kt.launch
+    monkeypatch.setattr(kt, "launch", lambda *a, **k: seen.append(k["stages"]) or real(*a, **k))
+    with torch.no_grad():
+        kt.coupling_inverse(x, cond, w, affine)
+    kt.coupling_inverse(x.detach(), cond.detach(), w, affine)  # weights still require grad
+    assert seen == [False, True]
+
+
 def test_production_widths():
-    """One program at the shipped widths (hidden 256, projection 256 -> 128, condition 512)."""
+    """Two row tiles at the shipped widths (hidden 256, projection 256 -> 128, condition 512), forward
+    and the fused backward."""
     x, cond, w, affine = _case(1, 20, 2, widths=PRODUCTION)
     y = kt.coupling_inverse(x, cond, w, affine)
     y_ref = reference.coupling_inverse(x, cond, w, affine)
     assert_close_named("y", y, y_ref, **FP32_TOL)
+    named = leaves(x, cond, w, affine)
+    g = torch.randn_like(y)
+    got, want = grads([y], [g], named), grads([y_ref], [g], named)
+    for name in want:
+        assert_close_named(f"d/d{name}", got[name], want[name], **FP32_TOL)
 
 
 def test_float64_runs_reference():
