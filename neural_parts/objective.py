@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from npkernels import knn
+from npkernels import nearest
 from npkernels.knn.reference import safe_sqrt
 
 from . import losses
@@ -63,7 +63,7 @@ def euclidean_implicit(volume_points: Tensor, sphere_world: Tensor, sign: Tensor
     S, M = sphere_world.shape[1:3]
     queries = volume_points[:, None].expand(B, M, N, 3).reshape(B * M, N, 3)
     candidates = sphere_world.permute(0, 2, 1, 3).reshape(B * M, S, 3)
-    dist = safe_sqrt(knn(queries, candidates, backend=backend).dist_xy)
+    dist = safe_sqrt(nearest(queries, candidates, backend=backend)[0])
     return dist.view(B, M, N).permute(0, 2, 1) * sign
 
 

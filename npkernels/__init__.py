@@ -1,7 +1,7 @@
 """npkernels: fused kernels for Neural Parts, usable on their own.
 
 Public ops (each with a pure-PyTorch reference that is also the CPU path):
-``coupling_forward``, ``coupling_inverse``, ``implicit_union``, ``knn``, ``chamfer``,
+``coupling_forward``, ``coupling_inverse``, ``implicit_union``, ``knn``, ``nearest``, ``chamfer``,
 ``inside_mesh``, ``inside_mesh_batch``; ``accelerate(model)`` / ``restore(model)`` swap the fused
 kernels into an existing model. Importing this package compiles nothing and needs no GPU.
 """
@@ -9,11 +9,12 @@ from ._dispatch import backend_info
 from .coupling import Affine, CouplingWeights, coupling_forward, coupling_inverse
 from .implicit import UnionImplicit, implicit_union
 from .inside_mesh import inside_mesh, inside_mesh_batch
-from .knn import KNN, chamfer, knn
+from .knn import KNN, chamfer, knn, nearest
 from .patch import accelerate, restore
 
 __version__ = "0.1.0"
 __all__ = [
     "Affine", "CouplingWeights", "KNN", "UnionImplicit", "accelerate", "backend_info", "chamfer",
-    "coupling_forward", "coupling_inverse", "implicit_union", "inside_mesh", "inside_mesh_batch", "knn", "restore",
+    "coupling_forward", "coupling_inverse", "implicit_union", "inside_mesh", "inside_mesh_batch", "knn", "nearest",
+    "restore",
 ]

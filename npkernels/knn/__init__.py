@@ -1,4 +1,4 @@
-"""Public nearest-neighbour (K=1, both directions) and Chamfer ops."""
+"""Public nearest-neighbour (K=1, one or both directions) and Chamfer ops."""
 from __future__ import annotations
 
 import torch
@@ -9,7 +9,7 @@ from .._utils import check_finite, check_tensor
 from . import reference
 from .reference import KNN
 
-__all__ = ["KNN", "knn", "chamfer"]
+__all__ = ["KNN", "knn", "nearest", "chamfer"]
 
 
 def _check(x: Tensor, y: Tensor, x_mask: Tensor | None, y_mask: Tensor | None) -> None:
@@ -49,6 +49,19 @@ def knn(x: Tensor, y: Tensor, *, x_mask: Tensor | None = None, y_mask: Tensor | 
     if select_backend("knn", x, y, backend=backend) == "triton":
         return kernel_module("knn").knn(x, y, x_mask=x_mask, y_mask=y_mask)
     return reference.knn(x, y, x_mask=x_mask, y_mask=y_mask)
+
+
+def nearest(x: Tensor, y: Tensor, *, x_mask: Tensor | None = None, y_mask: Tensor | None = None,
+            backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """Nearest neighbour (K=1) of every x in y only: half of ``knn``'s search.
+
+    Args and conventions as in ``knn``. Returns (dist (B, N) squared, idx (B, N)), equal to
+    ``knn``'s ``dist_xy`` and ``idx_xy``.
+    """
+    _check(x, y, x_mask, y_mask)
+    if select_backend("knn", x, y, backend=backend) == "triton":
+        return kernel_module("knn").nearest(x, y, x_mask=x_mask, y_mask=y_mask)
+    return reference.nearest(x, y, x_mask=x_mask, y_mask=y_mask)
 
 
 def chamfer(x: Tensor, y: Tensor, *, x_mask: Tensor | None = None, y_mask: Tensor | None = None,

@@ -114,16 +114,16 @@ def _knn_kernel(
         )
 
 
-def _pytorch3d_indices(x, y):
+def _pytorch3d_indices(x, y, both: bool):
     from pytorch3d.ops import knn_points
 
     idx_xy = knn_points(x, y, K=1).idx[..., 0]
-    idx_yx = knn_points(y, x, K=1).idx[..., 0]
-    return idx_xy, idx_yx
+    return idx_xy, (knn_points(y, x, K=1).idx[..., 0] if both else None)
 
 
-def nearest_indices(x, y, x_mask=None, y_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(idx_xy (B, N), idx_yx (B, P)) int64 with the reference's conventions, one launch."""
+def nearest_indices(x, y, x_mask=None, y_mask=None, both: bool = True):
+    """(idx_xy (B, N), idx_yx (B, P) or None) int64 with the reference's conventions, one launch;
+    ``both=False`` searches x -> y only."""
     B, N, _ = x.shape
     P = y.shape[1]
     if (
@@ -134,15 +134,15 @@ def nearest_indices(x, y, x_mask=None, y_mask=None) -> tuple[torch.Tensor, torch
         and P
         and importlib.util.find_spec("pytorch3d") is not None
     ):
-        return _pytorch3d_indices(x, y)
+        return _pytorch3d_indices(x, y, both)
     idx_xy = _utils.empty(B, N, dtype=torch.int64, device=x.device)
-    idx_yx = _utils.empty(B, P, dtype=torch.int64, device=x.device)
-    tiles_x, tiles_y = triton.cdiv(N, BLOCK_Q), triton.cdiv(P, BLOCK_Q)
+    idx_yx = _utils.empty(B, P, dtype=torch.int64, device=x.device) if both else None
+    tiles_x, tiles_y = triton.cdiv(N, BLOCK_Q), triton.cdiv(P, BLOCK_Q) if both else 0
     if B == 0 or tiles_x + tiles_y == 0:
         return idx_xy, idx_yx
     xc, yc = x.detach().contiguous(), y.detach().contiguous()
     xm = x_mask.contiguous().view(torch.uint8) if x_mask is not None else idx_xy
-    ym = y_mask.contiguous().view(torch.uint8) if y_mask is not None else idx_yx
+    ym = y_mask.contiguous().view(torch.uint8) if y_mask is not None else idx_xy
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         _knn_kernel[(B, tiles_x + tiles_y)](
             xc,
@@ -150,7 +150,7 @@ def nearest_indices(x, y, x_mask=None, y_mask=None) -> tuple[torch.Tensor, torch
             xm,
             ym,
             idx_xy,
-            idx_yx,
+            idx_yx if both else idx_xy,
             N,
             P,
             tiles_x,
@@ -161,6 +161,12 @@ def nearest_indices(x, y, x_mask=None, y_mask=None) -> tuple[torch.Tensor, torch
             num_warps=4,
         )
     return idx_xy, idx_yx
+
+
+def nearest(x, y, *, x_mask=None, y_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest neighbour of every x in y only (x -> y tiles only); the reference's results and gradients."""
+    idx, _ = nearest_indices(x, y, x_mask, y_mask, both=False)
+    return gather_sq_dist(x, y, idx, x_mask), idx
 
 
 def knn(x, y, *, x_mask=None, y_mask=None) -> KNN:

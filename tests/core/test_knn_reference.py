@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from npkernels import chamfer, knn
+from npkernels import chamfer, knn, nearest
 from npkernels.knn import reference
 
 
@@ -23,6 +23,22 @@ def test_knn_matches_float64_brute_force(N, P):
         torch.testing.assert_close(r.dist_xy.double(), d, rtol=1e-5, atol=1e-7)
     if not P:
         assert (r.idx_xy == -1).all() and torch.isinf(r.dist_xy).all()
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_nearest_is_the_first_half_of_knn(masked):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 40, 3, generator=g, requires_grad=True)
+    y = torch.randn(2, 25, 3, generator=g, requires_grad=True)
+    xm, ym = (torch.rand(2, 40, generator=g) > 0.3, torch.rand(2, 25, generator=g) > 0.5) if masked else (None, None)
+    dist, idx = nearest(x, y, x_mask=xm, y_mask=ym)
+    both = knn(x, y, x_mask=xm, y_mask=ym)
+    assert torch.equal(idx, both.idx_xy) and torch.equal(dist, both.dist_xy)
+    gx, gy = torch.autograd.grad(dist.sum(), (x, y))
+    hx, hy = torch.autograd.grad(both.dist_xy.sum(), (x, y))
+    assert torch.equal(gx, hx) and torch.equal(gy, hy)
+    with pytest.raises(ValueError, match="NaN"):
+        nearest(x.detach().clone().index_fill_(1, torch.tensor([2]), float("nan")), y)
 
 
 def test_kdtree_path_agrees_with_brute_force(monkeypatch):

@@ -69,6 +69,22 @@ def test_matches_reference(B, N, P):
         torch.testing.assert_close(out.dist_xy, ((x - nearest) ** 2).sum(-1))
 
 
+@pytest.mark.parametrize("kind", ["none", "partial", "y-all-false"])
+def test_nearest_one_direction(kind):
+    """x -> y tiles only: the same indices, distances and gradients as the reference's x -> y half."""
+    x, y = _clouds(2, 70, 130, seed=4)
+    xm, ym = _masks(kind, 2, 70, 130)
+    dist, idx = kn.nearest(x, y, x_mask=xm, y_mask=ym)
+    ref_dist, ref_idx = reference.nearest(x, y, x_mask=xm, y_mask=ym)
+    torch.testing.assert_close(idx, ref_idx)
+    torch.testing.assert_close(dist, ref_dist, rtol=0, atol=0)
+    if ym is None:
+        finite = torch.where(torch.isfinite(dist), dist, 0.0)
+        ref_finite = torch.where(torch.isfinite(ref_dist), ref_dist, 0.0)
+        for a, b in zip(torch.autograd.grad(finite.sum(), (x, y)), torch.autograd.grad(ref_finite.sum(), (x, y))):
+            torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("kind", ["none", "all-true", "all-false", "y-all-false", "partial"])
 def test_masks(kind):
     x, y = _clouds(2, 90, 75, seed=1)
