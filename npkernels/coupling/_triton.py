@@ -487,12 +487,14 @@ def stack_backward(points, cond, weights: CouplingWeights, affine: Affine, *, in
     g_out = torch.zeros(*shape, 3, device=dev) if grad_out is None else grad_out.float()
     affine_leaves = [t for t in affine if t.requires_grad]
     found: list[tuple[torch.Tensor, torch.Tensor]] = []
+    with torch.enable_grad():  # the rigid map in fp32 (stages are fp32), differentiable to 16-bit leaves
+        affine32 = Affine(*(t.float() for t in affine))
     if inverse:
         g_stack = g_out
     else:  # the rigid map comes after the couplings: differentiate it alone from the stack's output
         with torch.enable_grad():
             last = stages[L].detach().requires_grad_()
-            res = torch.autograd.grad(reference.to_world_frame(last, affine), [last, *affine_leaves], g_out)
+            res = torch.autograd.grad(reference.to_world_frame(last, affine32), [last, *affine_leaves], g_out)
         g_stack = res[0]
         found += zip(affine_leaves, res[1:])
 
@@ -547,8 +549,8 @@ def stack_backward(points, cond, weights: CouplingWeights, affine: Affine, *, in
         if inverse:
             targets = [t for t in (points, *affine_leaves) if t.requires_grad]
             if targets:
-                res = torch.autograd.grad(reference.to_sphere_frame(points, affine, owner), targets,
-                                          g_in.to(points.dtype), allow_unused=True)
+                res = torch.autograd.grad(reference.to_sphere_frame(points.float(), affine32, owner), targets,
+                                          g_in, allow_unused=True)
                 found += zip(targets, res)
         elif points.requires_grad:
             found.append((points, g_in.to(points.dtype)))
