@@ -456,7 +456,7 @@ FUSED_BACKWARD_ROWS = 1 << 13
 4 * L * (2*HP + 2*P + 2*(4*H + 16)) bytes per row, ~45 KB at paper widths, so ~370 MB per launch."""
 
 
-def _layer_grads(pk: dict, rows: int, dev) -> dict:
+def _backward_tables(pk: dict, rows: int, dev) -> dict:
     """The backward kernel's per-row tables for ``rows`` rows (see ``_coupling_backward_kernel``)."""
     L, H, P, HP = pk["L"], pk["H"], pk["P"], pk["HP"]
     shapes = {"hp": (L, rows, HP), "ghp": (L, rows, HP), "p": (L, rows, P), "gp": (L, rows, P),
@@ -520,30 +520,30 @@ def stack_backward(points, cond, weights: CouplingWeights, affine: Affine, *, in
         own = owner[:, lo:hi].contiguous() if owner is not None else None
         gld = grad_ld[:, lo:hi].reshape(rows).float().contiguous() if grad_ld is not None else None
         gin = _utils.empty(rows, 3, dtype=torch.float32, device=dev)
-        t = _layer_grads(pk, rows, dev)
+        tab = _backward_tables(pk, rows, dev)
         with _on_device(points):
             _coupling_backward_kernel[(triton.cdiv(rows, cfg.block_r),)](
                 own if own is not None else gin, st, g_stack[:, lo:hi].reshape(rows, 3).contiguous(),
-                gld if gld is not None else gin, gin, t["hp"], t["ghp"], t["p"], t["gp"], t["h1"], t["ga1"],
-                t["h2"], t["ga2"], t["go"], *tensors[3:], rows, hi - lo, M, BLOCK_R=cfg.block_r,
+                gld if gld is not None else gin, gin, tab["hp"], tab["ghp"], tab["p"], tab["gp"], tab["h1"], tab["ga1"],
+                tab["h2"], tab["ga2"], tab["go"], *tensors[3:], rows, hi - lo, M, BLOCK_R=cfg.block_r,
                 INVERSE=inverse, HAS_OWNER=owner is not None, HAS_GLD=gld is not None,
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts)
         g_in[:, lo:hi] = gin.view(B, hi - lo, *shape[2:], 3)
         q = st[applied] * pk["mask"][:, None, :3]
-        sums["pw1"] += torch.einsum("lrh,lrc->hc", t["ghp"], q)
-        sums["pb1"] += t["ghp"].sum((0, 1))
-        sums["pw2"] += torch.einsum("lrp,lrh->ph", t["gp"], t["hp"])
-        sums["pb2"] += t["gp"].sum((0, 1))
-        sums["w1"] += torch.einsum("ljrh,lrp->ljhp", t["ga1"], t["p"])
-        sums["w2"] += torch.einsum("ljrh,ljrk->ljhk", t["ga2"], t["h1"])
-        sums["b2"] += t["ga2"].sum(2)
-        sums["w3"] += torch.einsum("ljro,ljrh->ljoh", t["go"], t["h2"])
-        sums["b3"] += t["go"].sum(2)
+        sums["pw1"] += torch.einsum("lrh,lrc->hc", tab["ghp"], q)
+        sums["pb1"] += tab["ghp"].sum((0, 1))
+        sums["pw2"] += torch.einsum("lrp,lrh->ph", tab["gp"], tab["hp"])
+        sums["pb2"] += tab["gp"].sum((0, 1))
+        sums["w1"] += torch.einsum("ljrh,lrp->ljhp", tab["ga1"], tab["p"])
+        sums["w2"] += torch.einsum("ljrh,ljrk->ljhk", tab["ga2"], tab["h1"])
+        sums["b2"] += tab["ga2"].sum(2)
+        sums["w3"] += torch.einsum("ljro,ljrh->ljoh", tab["go"], tab["h2"])
+        sums["b3"] += tab["go"].sum(2)
         if owner is None:  # rows are (b, n, m): the bias of (b, m) collects over n
-            sums["beta"] += t["ga1"].view(L, 2, B, hi - lo, M, H).sum(3).view(L, 2, B * M, H)
+            sums["beta"] += tab["ga1"].view(L, 2, B, hi - lo, M, H).sum(3).view(L, 2, B * M, H)
         else:
             bm = (torch.arange(B, device=dev)[:, None] * M + own).reshape(-1)
-            sums["beta"].index_add_(2, bm, t["ga1"])
+            sums["beta"].index_add_(2, bm, tab["ga1"])
 
     with torch.enable_grad():  # rigid map (inverse), hoisted biases: autograd through the reference
         if inverse:
