@@ -1,16 +1,18 @@
 """Host helpers shared by the Triton backends: dot precision, tile choice, the autograd wrapper.
 
-Imported only by ``npkernels.<family>._triton`` (i.e. only when Triton is usable).
+Imported only by the Triton modules ``npkernels.<family>._triton*`` (i.e. only when Triton is usable).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ._dispatch import interpreter_enabled
+
 
 class DotConfig(NamedTuple):
     """How a kernel multiplies: tl.dot ``input_precision``, operand dtype, tiles, warps, stages.
@@ -27,12 +29,17 @@ class DotConfig(NamedTuple):
     num_warps: int = 8
     num_stages: int = 2
 
-    def backward(self) -> "DotConfig":
+    def backward(self) -> DotConfig:
         """Tiles of the coupling backward kernel, which holds ~3x the live [BLOCK_R, H] tiles of the
         forward: sm_90 AOT compiles at production widths spill ~7.4 KB/thread of registers at 64 rows
         (wgmma), ~2.4 KB at 32 rows / 8 warps (mma.sync, 90 KB of shared memory), ~0.8 KB at 16 rows /
         4 warps but twice the weight traffic; 32 rows chosen without a GPU, not tuned by measurement."""
         return self._replace(block_r=32)
+
+
+def on_device(t: torch.Tensor):
+    """The CUDA device context of ``t`` (nothing on CPU): Triton launches on the current device."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def padded_width(n: int) -> int:

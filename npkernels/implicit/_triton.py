@@ -1,7 +1,7 @@
 """Fused Triton kernel for the union implicit G(x) = min_m (||phi^-1(x; C_m)|| - r).
 
 One program takes BLOCK_R points (b, n) and loops over the M primitives: for each it runs the
-whole world -> sphere map of ``npkernels.coupling._triton`` (rigid, scale, L coupling layers,
+whole world -> sphere map of ``npkernels.coupling._triton_blocks`` (rigid, scale, L coupling layers,
 activations on chip), takes ||z|| - r and keeps a running (min, argmin) in registers; strict
 ``<`` keeps ties on the lowest primitive index (torch.min's rule). Only G (B, N) fp32->x dtype and
 the argmin (B, N) int64 are written, plus g (B, N, M) when ``per_primitive`` is asked.
@@ -11,14 +11,12 @@ torch.get_float32_matmul_precision(); fp32 accumulation; float64 runs the refere
 
 Backward (autograd.Function storing the inputs and the argmin only): the gradient of G flows
 into the argmin primitive alone, so a first-order backward maps each point again in that primitive
-only and runs the fused coupling backward (``coupling._triton.stack_backward``), plus all g_m when
-per_primitive received a gradient; under create_graph it recomputes
+only and runs the fused coupling backward (``coupling._triton_backward.stack_backward``), plus all
+g_m when per_primitive received a gradient; under create_graph it recomputes
 g_owner = ||coupling_inverse(x, owner=argmin)|| - r through the differentiable reference.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 import triton
@@ -26,10 +24,11 @@ import triton.language as tl
 
 from .. import _utils
 from .._dispatch import log_once
-from .._triton_utils import KernelOp
+from .._triton_utils import KernelOp, on_device
 from ..coupling import reference as coupling_reference
-from ..coupling._triton import coupling_stack, kernel_args, stack_backward, world_to_sphere_rigid
 from ..coupling._triton import launch as coupling_launch
+from ..coupling._triton_backward import stack_backward
+from ..coupling._triton_blocks import coupling_stack, kernel_args, world_to_sphere_rigid
 from . import reference
 from .reference import UnionImplicit
 
@@ -43,7 +42,7 @@ def _implicit_union_kernel(
     scale_ptr, rot_ptr, trans_ptr,  # (B*M, 3), (B*M, 9), (B*M, 3) fp32
     bias_ptr,  # (B*M, L*2*H) fp32 hoisted first-layer biases
     pw1_ptr, pb1_ptr, pw2_desc, pb2_ptr,  # projection (3, HP), (HP,), TMA (P, HP) [P, BLOCK_K], (P,)
-    w1_desc, w2_desc, b2_ptr, w3_desc, b3_ptr, mask_ptr,  # see coupling._triton._head; mask (L, 4)
+    w1_desc, w2_desc, b2_ptr, w3_desc, b3_ptr, mask_ptr,  # see coupling._triton_blocks._head; mask (L, 4)
     sxb, sxn, sxc, R, N, M, radius,
     L: tl.constexpr, H: tl.constexpr, P: tl.constexpr, HP: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_K: tl.constexpr, PER_PRIMITIVE: tl.constexpr, DOT_PREC: tl.constexpr,
@@ -87,7 +86,7 @@ def launch(x, cond, weights, affine, radius: float, per_primitive: bool):
         return value, arg, g
     tensors, consts, cfg = kernel_args(cond, weights, affine, x.dtype)
     grid = (triton.cdiv(B * N, cfg.block_r),)
-    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+    with on_device(x):
         _implicit_union_kernel[grid](
             x, value, arg, g if per_primitive else value, *tensors, *x.stride(), B * N, N, M, float(radius),
             BLOCK_R=cfg.block_r, PER_PRIMITIVE=per_primitive, num_warps=cfg.num_warps,

@@ -16,7 +16,6 @@ reference's values and gradients.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 
 import torch
@@ -24,6 +23,7 @@ import triton
 import triton.language as tl
 
 from .. import _utils
+from .._triton_utils import on_device
 from .reference import KNN, gather_sq_dist
 
 BLOCK_Q = 64
@@ -143,7 +143,7 @@ def nearest_indices(x, y, x_mask=None, y_mask=None, both: bool = True):
     xc, yc = x.detach().contiguous(), y.detach().contiguous()
     xm = x_mask.contiguous().view(torch.uint8) if x_mask is not None else idx_xy
     ym = y_mask.contiguous().view(torch.uint8) if y_mask is not None else idx_xy
-    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+    with on_device(x):
         _knn_kernel[(B, tiles_x + tiles_y)](
             xc,
             yc,

@@ -35,7 +35,8 @@ def _signature(fn, pointers: dict[str, str], consts: dict) -> dict[str, str]:
 
 def variants():
     from npkernels._triton_utils import DotConfig
-    from npkernels.coupling._triton import _coupling_backward_kernel, _coupling_kernel
+    from npkernels.coupling._triton import _coupling_kernel
+    from npkernels.coupling._triton_backward import _coupling_backward_kernel
     from npkernels.implicit._triton import _implicit_union_kernel
     from npkernels.knn._triton import BLOCK_C, BLOCK_Q, _knn_kernel
 

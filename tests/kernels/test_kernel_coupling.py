@@ -23,6 +23,7 @@ from npkernels.coupling import reference
 pytestmark = pytest.mark.triton
 
 kt = pytest.importorskip("npkernels.coupling._triton", reason="Triton is not importable")
+kb = pytest.importorskip("npkernels.coupling._triton_backward", reason="Triton is not importable")
 
 if not (torch.cuda.is_available() or interpreter_enabled()):
     pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
@@ -190,7 +191,7 @@ def test_fused_backward_chunks_and_clamp(monkeypatch, mode):
     upstream = [torch.randn_like(t) for t in ref]
     want = grads(list(ref), upstream, named)
     _forbid_reference_maps(monkeypatch)
-    monkeypatch.setattr(kt, "FUSED_BACKWARD_ROWS", 16)  # 2 points x 6 or 3 rows per chunk
+    monkeypatch.setattr(kb, "FUSED_BACKWARD_ROWS", 16)  # 2 points x 6 or 3 rows per chunk
     if mode == "forward":
         out = kt.coupling_forward(pts, cond, w, affine, return_log_det=True)
     else:
