@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from neural_parts.geometry import sample_sphere
-from neural_parts.objective import LossConfig
+from neural_parts.config import LossConfig
 from npkernels.coupling import naive
 
 

@@ -95,15 +95,33 @@ def test_prepare_record(benchmark, human):
     assert rec["volume_labels"].any()
 
 
-def test_bytes_per_record(tmp_path, human):
-    v, f = human
-    rec = make_record(v, f, RecordConfig(), np.random.default_rng(0), name="smpl", source="bench")
-    ours, theirs = our_bytes(rec, tmp_path), authors_bytes(rec, BOX)
+def test_bytes_per_record(tmp_path, record):
+    ours, theirs = our_bytes(record, tmp_path), authors_bytes(record, BOX)
     print(
         f"\nbytes/record: ours {ours / 1e6:.2f} MB, authors' layout {theirs / 1e6:.2f} MB, "
         f"ratio 1/{theirs / ours:.1f}"
     )
     assert ours < theirs / 3  # decisions 7: 1/3 to 1/5 of the authors' bytes
+
+
+@pytest.fixture(scope="module")
+def record(human):
+    v, f = human
+    return make_record(v, f, RecordConfig(), np.random.default_rng(0), name="smpl", source="bench")
+
+
+@pytest.mark.parametrize("checksum", ["fletcher32", "none"])
+def test_read_record(benchmark, record, tmp_path, checksum, monkeypatch):
+    """One training read (all points, view 0) from a file with and without HDF5's fletcher32 checksums."""
+    if checksum == "none":  # the format before checksums, for the side-by-side cost
+        monkeypatch.setattr(storage, "_COMPRESS", {k: v for k, v in storage._COMPRESS.items() if k != "fletcher32"})
+        monkeypatch.setattr(storage, "_CHECKED", {})
+    path = tmp_path / "bench.h5"
+    storage.write_records(path, [record] * 4, {"box": BOX})
+    records = storage.H5Records(path)
+    benchmark.group = "read-record"
+    out = benchmark(records.read, 1, [0])
+    assert np.array_equal(out["volume_labels"], record["volume_labels"])
 
 
 def main() -> None:

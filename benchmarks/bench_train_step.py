@@ -17,7 +17,8 @@ from authors_step import authors_total_loss
 from np_bench import DEVICE, GPU, matmul_precision, size, triton_ok
 
 from neural_parts.models import NeuralParts
-from neural_parts.objective import LossConfig, compute_losses
+from neural_parts.config import LossConfig
+from neural_parts.objective import compute_losses
 
 SIZES = [
     size("tiny", B=2, M=2, F=12, H=32, P=16, N=64, Ns=32, S=16, encoder="latent"),

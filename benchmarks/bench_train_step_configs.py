@@ -12,7 +12,8 @@ import pytest
 import torch
 from np_bench import DEVICE, GPU, matmul_precision
 
-from neural_parts import api, engine
+from neural_parts import engine
+from neural_parts.models import NeuralParts
 from neural_parts.config import load_config
 
 TINY = ["feature_extractor.feature_size=16", "invertible_network.hidden_size=16", "projection_layer.proj_dims=8",
@@ -24,8 +25,8 @@ PROVIDERS = [pytest.param("reference", id="reference"), pytest.param("triton", i
 
 
 def _batch(cfg: dict, gen: torch.Generator) -> dict:
-    B, N, Ns, S = (cfg["training"]["batch_size"], cfg["data"]["n_points_in_mesh"], cfg["data"]["n_points_on_mesh"],
-                   cfg["data"]["image_size"])
+    B, N, Ns, S = (cfg.training.batch_size, cfg.data.n_points_in_mesh, cfg.data.n_points_on_mesh,
+                   cfg.data.image_size)
     batch = {"image": torch.randn(B, 3, S, S, generator=gen), "volume_points": torch.rand(B, N, 3, generator=gen) - 0.5,
              "volume_labels": (torch.rand(B, N, generator=gen) > 0.5).float(),
              "volume_weights": torch.rand(B, N, generator=gen) + 0.5,
@@ -39,14 +40,14 @@ def _batch(cfg: dict, gen: torch.Generator) -> dict:
 def test_train_step_config(bench, benchmark, provider, name):
     tiny = not GPU and benchmark.disabled
     cfg = load_config(name, ["feature_extractor.weights=none", *(TINY if tiny else [])])
-    with matmul_precision("high" if cfg["runtime"]["tf32"] else "highest"):
+    with matmul_precision("high" if cfg.runtime.tf32 else "highest"):
         torch.manual_seed(0)
-        model = api.build_model(cfg).to(DEVICE)
+        model = NeuralParts.from_config(cfg).to(DEVICE)
         model.kernel_backend = provider
-        trainer = engine.Trainer(model, engine.make_optimizer(cfg, model.parameters()), engine.loss_config(cfg),
-                                 cfg["training"]["clip_grad_norm"])
+        trainer = engine.Trainer(model, engine.make_optimizer(cfg, model.parameters()), cfg.loss,
+                                 cfg.training.clip_grad_norm)
         gen = torch.Generator().manual_seed(1)
-        batches = [_batch(cfg, gen) for _ in range(cfg["training"]["aggregate"])]
+        batches = [_batch(cfg, gen) for _ in range(cfg.training.aggregate)]
         before = [p.detach().clone() for p in model.parameters()]
         values = trainer.step(batches)  # warm-up, and the correctness gate: finite loss, parameters move
         assert torch.isfinite(torch.tensor(values["total"]))

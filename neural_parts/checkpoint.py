@@ -1,4 +1,5 @@
-"""Checkpoints: one file with model, optimizer, step, config and RNG states; atomic writes.
+"""Our checkpoints: one file with model, optimizer, step, config and RNG states; atomic writes; loading
+a trained model. (The authors' checkpoint layout is read by ``models.authors_weights``.)
 
 Everything stored is a tensor, a number, a string or a container of them, so files load with
 ``torch.load(weights_only=True)`` (no pickled code runs). The numpy RNG state is stored as its
@@ -15,12 +16,13 @@ import torch
 from torch import nn
 
 from .atomic import atomic_path
+from .errors import UserError
 
 FORMAT = "neural_parts.checkpoint"
 VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used: missing, unreadable, or not matching the model."""
 
 
@@ -70,11 +72,11 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def save_checkpoint(path: str | Path, *, model: nn.Module, config: dict, step: int,
+def save_checkpoint(path: str | Path, *, model: nn.Module, config, step: int,
                     optimizer: torch.optim.Optimizer | None = None, metrics: dict | None = None) -> None:
-    """Write a training checkpoint atomically. ``metrics``: plain numbers (e.g. best IoU)."""
+    """Write a training checkpoint atomically. ``config``: a ``config.Config``; ``metrics``: plain numbers."""
     atomic_save({
-        "format": FORMAT, "version": VERSION, "step": int(step), "config": config,
+        "format": FORMAT, "version": VERSION, "step": int(step), "config": config.to_dict(),
         "model": model.state_dict(), "optimizer": None if optimizer is None else optimizer.state_dict(),
         "rng": rng_state(), "metrics": dict(metrics or {}),
     }, path)
@@ -133,3 +135,26 @@ def prune_step_checkpoints(run_dir: str | Path, keep: int) -> None:
     files = sorted((p for p in Path(run_dir).glob("step_*.pt") if p.stem[5:].isdigit()), key=lambda p: int(p.stem[5:]))
     for path in files[:-keep]:
         path.unlink(missing_ok=True)
+
+
+def load_model(checkpoint: str | Path, device: str | torch.device = "cpu"):
+    """The trained ``NeuralParts`` of a checkpoint file or run folder (best.pt, else last.pt), in eval mode.
+
+    The model gets ``.config`` (the run's ``Config``) and ``.step``. Raises CheckpointError when the
+    file is missing, unreadable or does not match the model its config describes.
+    """
+    from .config import ConfigError, from_dict
+    from .models import NeuralParts
+
+    data = load_checkpoint(checkpoint)
+    try:
+        cfg = from_dict(data["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{data['path']}: stored config is invalid: {e}") from None
+    n_shapes = None
+    if cfg.feature_extractor.type == "latent":
+        n_shapes = int(data["model"]["feature_extractor.codes.weight"].shape[0])
+    model = NeuralParts.from_config(cfg, n_shapes)
+    load_model_state(model, data["model"], source=data["path"])
+    model.config, model.step = cfg, int(data["step"])
+    return model.to(device).eval()

@@ -5,10 +5,9 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from .checkpoint import CheckpointError
-from .config import ConfigError
+from .errors import UserError
 
-USER_ERRORS = (CheckpointError, ConfigError, OSError, ValueError, IndexError, FloatingPointError)
+USER_ERRORS = (UserError, OSError, ValueError, IndexError, FloatingPointError)
 
 
 def run_command(name: str, parser: Callable[[], argparse.ArgumentParser], run: Callable[[argparse.Namespace], int],

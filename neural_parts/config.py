@@ -1,110 +1,219 @@
-"""Run configurations: YAML presets with ``base:`` inheritance, ``--set a.b=c`` overrides, validation.
+"""Run configurations: a typed tree of dataclasses that YAML presets and ``--set`` overrides fill.
 
-A preset is a name (``neural_parts/configs/<name>.yaml``) or a path. A top-level ``base:`` (a preset
-name or a path relative to the file) is loaded first and the file is deep-merged onto it. Every
-config is merged onto ``DEFAULTS``, which lists every known key: unknown keys are errors with a
-did-you-mean suggestion. Sections mirror the authors' configs (data, network, feature_extractor,
-invertible_network, projection_layer, loss, training, validation) plus ``runtime``.
+The dataclasses below are the one place where every setting, its default, its type and its allowed values
+are declared. A preset is a name (``neural_parts/configs/<name>.yaml``) or a path; a top-level ``base:``
+(a preset name or a path relative to the file) is loaded first and the file is deep-merged onto it.
+Unknown keys are errors with a did-you-mean suggestion. Sections mirror the authors' configs (data,
+network, feature_extractor, invertible_network, projection_layer, loss, training, validation) plus
+``runtime``. Code reads settings as attributes: ``cfg.training.lr``.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
 
+from .errors import UserError
+
 CONFIG_DIR = Path(__file__).parent / "configs"
-_FREE_KEYS = {("loss", "weights")}  # dict-valued keys whose own keys are checked by validate()
 LOSS_TERMS = ("chamfer", "normal", "occupancy", "coverage", "overlap")
-
-DEFAULTS: dict = {
-    "data": {
-        "dataset": "synthetic-v1",  # a name under $NEURAL_PARTS_DATA or a folder with <split>.h5
-        "train_split": "train",
-        "val_split": "val",
-        "categories": None,  # list of categories to keep, None = all
-        "image_size": 224,
-        "n_points_in_mesh": 5000,  # volume points per sample (N)
-        "n_points_on_mesh": 1500,  # surface points per sample (N_s)
-        "equal": True,  # half inside / half outside with importance weights
-        "random_view": False,
-        "num_workers": 0,
-    },
-    "network": {"n_primitives": 6, "sphere_radius": 0.25},
-    "feature_extractor": {
-        "type": "resnet18",  # resnet18 | latent
-        "feature_size": 256,
-        "freeze_bn": True,
-        "weights": None,  # torchvision resnet18 state dict path, or "none" to train from scratch
-    },
-    "invertible_network": {
-        "type": "simple_nvp",  # simple_nvp | atlasnet (the AtlasNet-sphere ablation)
-        "hidden_size": 256,
-        "n_blocks": 4,
-        "normalize": True,  # the sigma = elu(.) + 1 scale head
-        "explicit_affine": True,  # the quaternion rotation and translation heads
-    },
-    "projection_layer": {"proj_dims": 128},
-    "loss": {
-        "weights": {"chamfer": 0.3, "normal": 0.01, "occupancy": 1.0, "coverage": 0.01, "overlap": 0.1},
-        "sharpness": 250.0,
-        "min_n_points": 10,
-        "max_shared_points": 1.95,
-        "coverage_eps": 1e-6,
-        "n_points_on_sphere": 200,
-        "volume_implicit": "euclidean",  # euclidean | inn
-        "test_own_primitive": True,  # the authors' training behaviour
-        "union_surface": True,
-    },
-    "training": {
-        "optimizer": "radam",  # adam | radam
-        "lr": 5e-5,
-        "weight_decay": 0.0,
-        "batch_size": 1,
-        "aggregate": 2,  # mini-batches per update; gradients are summed
-        "clip_grad_norm": 1.0,  # applied after every backward, as the authors; 0 = off
-        "max_steps": 0,  # optimiser updates; 0 = until interrupted
-        "checkpoint_every": 500,  # updates between last.pt / step_<n>.pt
-        "keep_checkpoints": 3,  # step_<n>.pt files kept
-        "log_every": 10,
-    },
-    "validation": {
-        "every_seconds": 0,  # validate + preview every this many seconds (0 = use every_steps)
-        "every_steps": 5000,
-        "n_shapes": 32,  # fixed seeded subset of the validation split
-        "n_points_in_mesh": 5000,
-        "seed": 0,
-        "preview_shapes": 4,
-    },
-    "runtime": {
-        "device": "auto",  # auto | cpu | cuda | cuda:N
-        "seed": 27,
-        "tf32": True,  # torch.set_float32_matmul_precision("high")
-        "kernel_backend": "auto",  # auto | triton | reference
-        "amp_encoder": False,  # bf16 autocast for the image encoder (CUDA only)
-        "threads": 0,  # torch CPU threads, 0 = torch's default
-        "tensorboard": True,  # when the tensorboard package is installed
-    },
-}
-
-CHOICES = {
-    ("feature_extractor", "type"): ("resnet18", "latent"),
-    ("invertible_network", "type"): ("simple_nvp", "atlasnet"),
-    ("loss", "volume_implicit"): ("euclidean", "inn"),
-    ("training", "optimizer"): ("adam", "radam"),
-    ("runtime", "kernel_backend"): ("auto", "triton", "reference"),
-}
-POSITIVE = [("network", "n_primitives"), ("feature_extractor", "feature_size"), ("invertible_network", "hidden_size"),
-            ("invertible_network", "n_blocks"), ("projection_layer", "proj_dims"), ("loss", "n_points_on_sphere"),
-            ("training", "lr"), ("training", "batch_size"), ("training", "aggregate"), ("data", "image_size"),
-            ("data", "n_points_in_mesh"), ("data", "n_points_on_mesh"), ("training", "checkpoint_every"),
-            ("network", "sphere_radius"), ("training", "log_every"), ("validation", "every_steps"),
-            ("validation", "n_shapes"), ("validation", "n_points_in_mesh")]
+_UNIONS = (typing.Union, types.UnionType)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A user error in a configuration (bad file, unknown key, wrong type or value)."""
+
+
+def setting(default, *, choices: tuple | None = None, minimum: float | None = None, positive: bool = False):
+    """A dataclass field with its validation rule: one of ``choices``, ``>= minimum`` or ``> 0``."""
+    meta = {"choices": choices, "minimum": minimum, "positive": positive}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+class Section:
+    """Base of the config sections: every field is checked (type, finiteness, its ``setting`` rule) when
+    a section is made, so a section object is always valid."""
+
+    section: typing.ClassVar[str]
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _check_value(self.section, f, getattr(self, f.name), hints[f.name]))
+
+
+@dataclass
+class DataConfig(Section):
+    section = "data"
+    dataset: str = "synthetic-v1"  # a name under $NEURAL_PARTS_DATA or a folder with <split>.h5
+    train_split: str = "train"
+    val_split: str = "val"
+    categories: list[str] | None = None  # categories to keep, None = all
+    image_size: int = setting(224, positive=True)
+    n_points_in_mesh: int = setting(5000, positive=True)  # volume points per sample (N)
+    n_points_on_mesh: int = setting(1500, positive=True)  # surface points per sample (N_s)
+    equal: bool = True  # half inside / half outside with importance weights
+    random_view: bool = False
+    num_workers: int = setting(0, minimum=0)
+
+
+@dataclass
+class NetworkConfig(Section):
+    section = "network"
+    n_primitives: int = setting(6, positive=True)
+    sphere_radius: float = setting(0.25, positive=True)
+
+
+@dataclass
+class FeatureExtractorConfig(Section):
+    section = "feature_extractor"
+    type: str = setting("resnet18", choices=("resnet18", "latent"))
+    feature_size: int = setting(256, positive=True)
+    freeze_bn: bool = True
+    weights: str | None = None  # torchvision resnet18 state dict path, or "none" to train from scratch
+
+
+@dataclass
+class InvertibleNetworkConfig(Section):
+    section = "invertible_network"
+    type: str = setting("simple_nvp", choices=("simple_nvp", "atlasnet"))  # atlasnet: the authors' ablation
+    hidden_size: int = setting(256, positive=True)
+    n_blocks: int = setting(4, positive=True)
+    normalize: bool = True  # the sigma = elu(.) + 1 scale head
+    explicit_affine: bool = True  # the quaternion rotation and translation heads
+
+
+@dataclass
+class ProjectionLayerConfig(Section):
+    section = "projection_layer"
+    proj_dims: int = setting(128, positive=True)
+
+
+@dataclass
+class LossConfig(Section):
+    """The objective's settings; defaults are the authors' D-FAUST config."""
+
+    section = "loss"
+
+    weights: dict[str, float] = setting({"chamfer": 0.3, "normal": 0.01, "occupancy": 1.0, "coverage": 0.01,
+                                         "overlap": 0.1})
+    sharpness: float = setting(250.0, positive=True)
+    min_n_points: int = setting(10, minimum=0)
+    max_shared_points: float = setting(1.95, minimum=0)
+    coverage_eps: float = setting(1e-6, positive=True)
+    n_points_on_sphere: int = setting(200, positive=True)
+    volume_implicit: str = setting("euclidean", choices=("euclidean", "inn"))
+    test_own_primitive: bool = True  # the authors' training behaviour
+    union_surface: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        for term, w in self.weights.items():
+            if term not in LOSS_TERMS:
+                hint = difflib.get_close_matches(str(term), LOSS_TERMS, n=1)
+                raise ConfigError(f"unknown loss term 'loss.weights.{term}'" + (
+                    f"; did you mean {hint[0]!r}?" if hint else f"; expected {LOSS_TERMS}"))
+            if not isinstance(w, (int, float)) or isinstance(w, bool) or not (math.isfinite(w) and w >= 0):
+                raise ConfigError(f"loss weight 'loss.weights.{term}' must be a finite number >= 0, got {w!r}")
+        self.weights = {k: float(v) for k, v in self.weights.items()}
+        if not any(self.weights.values()):
+            raise ConfigError("every loss weight is 0: nothing to train")
+
+    def weight(self, term: str) -> float:
+        return float(self.weights.get(term, 0.0))
+
+
+@dataclass
+class TrainingConfig(Section):
+    section = "training"
+    optimizer: str = setting("radam", choices=("adam", "radam"))
+    lr: float = setting(5e-5, positive=True)
+    weight_decay: float = setting(0.0, minimum=0)
+    batch_size: int = setting(1, positive=True)
+    aggregate: int = setting(2, positive=True)  # mini-batches per update; gradients are summed
+    clip_grad_norm: float = setting(1.0, minimum=0)  # applied after every backward, as the authors; 0 = off
+    max_steps: int = setting(0, minimum=0)  # optimiser updates; 0 = until interrupted
+    max_nonfinite_steps: int = setting(10, positive=True)  # consecutive skipped (NaN/inf) updates before stopping
+    checkpoint_every: int = setting(500, positive=True)  # updates between last.pt / step_<n>.pt
+    keep_checkpoints: int = setting(3, minimum=0)  # step_<n>.pt files kept (0 = all)
+    log_every: int = setting(10, positive=True)
+
+
+@dataclass
+class ValidationConfig(Section):
+    section = "validation"
+    every_seconds: float = setting(0.0, minimum=0)  # validate + preview every this many seconds (0: every_steps)
+    every_steps: int = setting(5000, positive=True)
+    n_shapes: int = setting(32, positive=True)  # fixed seeded subset of the validation split
+    n_points_in_mesh: int = setting(5000, positive=True)
+    seed: int = 0
+    preview_shapes: int = setting(4, minimum=0)
+
+
+@dataclass
+class RuntimeConfig(Section):
+    section = "runtime"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 27
+    tf32: bool = True  # torch.set_float32_matmul_precision("high")
+    kernel_backend: str = setting("auto", choices=("auto", "triton", "reference"))
+    amp_encoder: bool = False  # bf16 autocast for the image encoder (CUDA only)
+    threads: int = setting(0, minimum=0)  # torch CPU threads, 0 = torch's default
+    tensorboard: bool = True  # when the tensorboard package is installed
+
+
+@dataclass
+class Config:
+    """One run's settings. ``name`` is the preset's or file's stem."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    feature_extractor: FeatureExtractorConfig = field(default_factory=FeatureExtractorConfig)
+    invertible_network: InvertibleNetworkConfig = field(default_factory=InvertibleNetworkConfig)
+    projection_layer: ProjectionLayerConfig = field(default_factory=ProjectionLayerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    name: str = "default"
+
+    def __post_init__(self):
+        if self.invertible_network.type == "atlasnet" and (self.loss.weight("normal") or
+                                                           self.loss.volume_implicit != "euclidean"):
+            raise ConfigError("invertible_network.type=atlasnet has no inverse map: it needs loss.weights.normal=0 "
+                              "and loss.volume_implicit=euclidean")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def replace(self, overrides: list[str]) -> Config:
+        """A validated copy with ``a.b=c`` overrides applied."""
+        return build(apply_overrides(self.to_dict(), overrides))
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "name"}
+_FREE_KEYS = {("loss", "weights")}  # dict-valued settings whose own keys are checked by _check_loss
+
+
+def _section_types() -> dict[str, dict[str, typing.Any]]:
+    hints = typing.get_type_hints(Config)
+    return {name: typing.get_type_hints(hints[name]) for name in SECTIONS}
+
+
+def defaults() -> dict:
+    """Every setting with its default value, as a nested dict (without ``name``)."""
+    tree = Config().to_dict()
+    tree.pop("name")
+    return tree
 
 
 def deep_merge(base: dict, update: dict, _path: tuple = ()) -> dict:
@@ -152,63 +261,67 @@ def read_yaml(path: Path, _seen: tuple = ()) -> dict:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         raise ConfigError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', None) or e}") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
     base = data.pop("base", None)
+    try:
+        _check_keys(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     if base is None:
         return data
     return deep_merge(read_yaml(resolve(base, path.parent), _seen + (path,)), data)
 
 
-def _dotted_keys(tree: dict, prefix: str = "") -> list[str]:
+def _dotted_keys() -> list[str]:
     keys = []
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        keys.append(name)
-        if isinstance(value, dict) and tuple(name.split(".")) not in _FREE_KEYS:
-            keys += _dotted_keys(value, name + ".")
+    for section, fields in _section_types().items():
+        keys += [section] + [f"{section}.{key}" for key in fields]
     return keys
 
 
 def _unknown(name: str) -> ConfigError:
-    hint = difflib.get_close_matches(name, _dotted_keys(DEFAULTS), n=1, cutoff=0.6)
+    hint = difflib.get_close_matches(name, _dotted_keys(), n=1, cutoff=0.6)
     return ConfigError(f"unknown config key {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
 
 
-def _check_keys(tree: dict, schema: dict, prefix: str = "") -> None:
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if key not in schema:
-            raise _unknown(name)
-        if isinstance(schema[key], dict) and tuple(name.split(".")) not in _FREE_KEYS:
-            if not isinstance(value, dict):
-                raise ConfigError(f"config key {name!r} must be a mapping, got {value!r}")
-            _check_keys(value, schema[key], name + ".")
+def _check_keys(tree: dict) -> None:
+    types = _section_types()
+    for section, values in tree.items():
+        if section == "name":
+            continue
+        if section not in types:
+            raise _unknown(section)
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section {section!r} must be a mapping, got {values!r}")
+        for key in values:
+            if key not in types[section]:
+                raise _unknown(f"{section}.{key}")
 
 
-def parse_value(text: str, current):
-    """Convert an override string to the type of the value it replaces (YAML syntax for the rest)."""
-    if isinstance(current, bool):
+def parse_value(text: str, kind):
+    """Convert an override string to the type ``kind`` of the setting it replaces (YAML for the rest)."""
+    if kind is bool:
         low = text.strip().lower()
         if low in ("true", "yes", "on", "1"):
             return True
         if low in ("false", "no", "off", "0"):
             return False
         raise ConfigError(f"expected true or false, got {text!r}")
-    if isinstance(current, int):
+    if kind is int:
         try:
             return int(text)
         except ValueError:
             raise ConfigError(f"expected an integer, got {text!r}") from None
-    if isinstance(current, float):
+    if kind is float:
         try:
             return float(text)
         except ValueError:
             raise ConfigError(f"expected a number, got {text!r}") from None
-    if isinstance(current, str):
+    if kind is str:
         return text
     try:
         return yaml.safe_load(text)
@@ -216,96 +329,106 @@ def parse_value(text: str, current):
         raise ConfigError(f"cannot parse {text!r}: {e}") from None
 
 
-def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
-    """A copy of ``cfg`` with ``a.b=c`` overrides applied, each typed by the value it replaces."""
-    cfg = copy.deepcopy(cfg)
+def apply_overrides(tree: dict, overrides: list[str]) -> dict:
+    """A copy of the nested dict ``tree`` with ``a.b=c`` overrides applied, each typed by its setting."""
+    tree = copy.deepcopy(tree)
+    types = _section_types()
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
-        name, text = item.split("=", 1)
-        parts = name.strip().split(".")
-        node = cfg
-        for i, part in enumerate(parts[:-1]):
-            if not isinstance(node.get(part), dict):
-                raise _unknown(".".join(parts[:i + 1]))
-            node = node[part]
-        free = tuple(parts[:-1]) in _FREE_KEYS
-        if parts[-1] not in node and not free:
-            raise _unknown(name.strip())
+        name, text = (s.strip() for s in item.split("=", 1))
+        parts = name.split(".")
+        if parts[0] not in types:
+            raise _unknown(name)
+        section = tree.setdefault(parts[0], {})
+        if len(parts) == 3 and tuple(parts[:2]) in _FREE_KEYS:
+            kind = float
+            target, key = section.setdefault(parts[1], copy.deepcopy(defaults()[parts[0]][parts[1]])), parts[2]
+        elif len(parts) == 2 and parts[1] in types[parts[0]]:
+            kind, target, key = _plain_type(types[parts[0]][parts[1]]), section, parts[1]
+        else:
+            raise _unknown(name)
         try:
-            node[parts[-1]] = parse_value(text, node.get(parts[-1], 0.0 if free else None))
+            target[key] = parse_value(text, kind)
         except ConfigError as e:
-            raise ConfigError(f"--set {name.strip()}: {e}") from None
-    return cfg
+            raise ConfigError(f"--set {name}: {e}") from None
+    return tree
 
 
-def _type_ok(value, default) -> bool:
-    if default is None or value is None:
-        return True
-    if isinstance(default, bool):
+def _plain_type(hint):
+    """bool / int / float / str for simple settings, None for the rest (parsed as YAML)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if hint in (bool, int, float, str):
+        return hint
+    if typing.get_origin(hint) in _UNIONS and len(args) == 1:
+        return args[0] if args[0] in (bool, int, float, str) else None
+    return None
+
+
+def _type_ok(value, hint) -> bool:
+    if value is None:
+        return type(None) in typing.get_args(hint) or hint is type(None)
+    kind = _plain_type(hint)
+    if kind is bool:
         return isinstance(value, bool)
-    if isinstance(default, float):
+    if kind is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, int):
+    if kind is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, type(default))
+    if kind is str:
+        return isinstance(value, str)
+    origin = typing.get_origin(hint) or hint
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if origin in _UNIONS:
+        origin = typing.get_origin(args[0]) or args[0]
+    if origin is list:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    return True
 
 
-def validate(cfg: dict) -> dict:
-    """Check keys, types and values of a full config; returns it (floats normalised). Raises ConfigError."""
-    _check_keys(cfg, DEFAULTS)
-    for section, keys in DEFAULTS.items():
-        for key, default in keys.items():
-            value = cfg[section][key]
-            if not _type_ok(value, default):
-                raise ConfigError(f"config key '{section}.{key}' must be a {type(default).__name__}, got {value!r}")
-            if isinstance(default, float) and value is not None:
-                cfg[section][key] = float(value)
-    for (section, key), allowed in CHOICES.items():
-        if cfg[section][key] not in allowed:
-            raise ConfigError(f"config key '{section}.{key}' must be one of {allowed}, got {cfg[section][key]!r}")
-    for section, key in POSITIVE:
-        if not cfg[section][key] > 0:
-            raise ConfigError(f"config key '{section}.{key}' must be positive, got {cfg[section][key]!r}")
-    weights = cfg["loss"]["weights"]
-    for term, w in weights.items():
-        if term not in LOSS_TERMS:
-            hint = difflib.get_close_matches(str(term), LOSS_TERMS, n=1)
-            raise ConfigError(f"unknown loss term 'loss.weights.{term}'" + (f"; did you mean {hint[0]!r}?" if hint
-                                                                             else f"; expected {LOSS_TERMS}"))
-        if not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0:
-            raise ConfigError(f"loss weight 'loss.weights.{term}' must be a number >= 0, got {w!r}")
-    if not any(weights.values()):
-        raise ConfigError("every loss weight is 0: nothing to train")
-    if cfg["invertible_network"]["type"] == "atlasnet" and (
-            weights.get("normal", 0) or cfg["loss"]["volume_implicit"] != "euclidean"):
-        raise ConfigError("invertible_network.type=atlasnet has no inverse map: it needs loss.weights.normal=0 "
-                          "and loss.volume_implicit=euclidean")
-    cats = cfg["data"]["categories"]
-    if cats is not None and not (isinstance(cats, list) and all(isinstance(c, str) for c in cats)):
-        raise ConfigError(f"config key 'data.categories' must be a list of names or null, got {cats!r}")
-    return cfg
+def _check_value(section: str, f: dataclasses.Field, value, hint):
+    name = f"{section}.{f.name}"
+    if not _type_ok(value, hint):
+        kind = _plain_type(hint)
+        expected = kind.__name__ if kind else str(hint).replace("typing.", "")
+        raise ConfigError(f"config key '{name}' must be a {expected}, got {value!r}")
+    if _plain_type(hint) is float and value is not None:
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"config key '{name}' must be a finite number, got {value!r}")
+    meta = f.metadata
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"config key '{name}' must be one of {meta['choices']}, got {value!r}")
+    if meta.get("positive") and not value > 0:
+        raise ConfigError(f"config key '{name}' must be positive, got {value!r}")
+    if meta.get("minimum") is not None and not value >= meta["minimum"]:
+        raise ConfigError(f"config key '{name}' must be >= {meta['minimum']}, got {value!r}")
+    return value
 
 
-def load_config(name_or_path: str | Path = "default", overrides: list[str] = ()) -> dict:
-    """Preset or file -> inheritance -> DEFAULTS -> ``--set`` overrides -> validated config dict.
+def build(tree: dict, name: str | None = None) -> Config:
+    """A validated ``Config`` from a nested dict (missing settings take their defaults)."""
+    tree = dict(tree)
+    name = str(tree.pop("name", None) or name or "default")
+    _check_keys(tree)
+    merged = deep_merge(defaults(), tree)
+    hints = typing.get_type_hints(Config)
+    return Config(**{section: hints[section](**merged[section]) for section in SECTIONS}, name=name)
 
-    The result has the sections of DEFAULTS plus ``name`` (the preset's or file's stem).
-    """
+
+def load_config(name_or_path: str | Path = "default", overrides: list[str] = ()) -> Config:
+    """Preset or file -> inheritance -> defaults -> ``--set`` overrides -> validated ``Config``."""
     tree = read_yaml(resolve(name_or_path))
-    _check_keys(tree, DEFAULTS)
-    cfg = validate(apply_overrides(deep_merge(DEFAULTS, tree), list(overrides)))
-    return {**cfg, "name": Path(str(name_or_path)).stem}
+    return build(apply_overrides(tree, list(overrides)), Path(str(name_or_path)).stem)
 
 
-def from_dict(data: dict) -> dict:
-    """Validate a stored config (e.g. from a checkpoint) after merging it onto DEFAULTS."""
-    name = data.get("name", "checkpoint")
-    tree = {k: v for k, v in data.items() if k != "name"}
-    _check_keys(tree, DEFAULTS)
-    return {**validate(deep_merge(DEFAULTS, tree)), "name": name}
+def from_dict(data: dict) -> Config:
+    """Validate a stored config (e.g. from a checkpoint); settings it lacks take today's defaults."""
+    return build(data, data.get("name", "checkpoint"))
 
 
-def dump(cfg: dict) -> str:
-    """YAML text of a config (sections in DEFAULTS order)."""
-    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
+def dump(cfg: Config) -> str:
+    """YAML text of a config (sections in declaration order)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)

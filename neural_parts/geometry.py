@@ -72,11 +72,44 @@ def unit_icosphere(subdivisions: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 
+def mesh_components(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Connected component (F,) int of every face, faces joined by shared (coincident) vertices."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    _, ids = np.unique(np.asarray(vertices), axis=0, return_inverse=True)
+    f = ids.reshape(-1)[faces]
+    n = int(ids.max()) + 1 if len(ids) else 0
+    edges = np.concatenate([f[:, [0, 1]], f[:, [1, 2]]])
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1][f[:, 0]]
+
+
+def orient_components(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, int]:
+    """``faces`` (F, 3) with every connected component whose signed volume is negative reversed, so that
+    normals point outward; returns (faces, number of components reversed).
+
+    The signed volume is taken about each component's centroid: exact for closed components, and the
+    sign of the enclosed side for nearly closed (open) ones.
+    """
+    faces = np.asarray(faces, dtype=np.int64)
+    if len(faces) == 0:
+        return faces, 0
+    comp = mesh_components(vertices, faces)
+    tri = np.asarray(vertices, dtype=np.float64)[faces]
+    centre = np.stack([np.bincount(comp, tri[:, :, k].mean(1)) / np.bincount(comp) for k in range(3)], 1)[comp]
+    a, b, c = (tri[:, k] - centre for k in range(3))
+    volume = np.bincount(comp, np.einsum("ij,ij->i", a, np.cross(b, c)))
+    flip = (volume < 0)[comp]
+    if flip.any():
+        faces = faces.copy()
+        faces[flip] = faces[flip][:, ::-1]
+    return faces, int((volume < 0).sum())
+
+
 def orient_outward(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """``faces`` (F, 3), reversed if the closed mesh's signed volume is negative (normals point out)."""
-    tri = vertices[faces]
-    volume = np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum()
-    return faces if volume > 0 else faces[:, ::-1].copy()
+    """``faces`` (F, 3) oriented so that every connected component's normals point outward."""
+    return orient_components(vertices, faces)[0]
 
 
 def icosphere(min_vertices: int, radius: float, device=None, dtype=torch.float32) -> tuple[Tensor, Tensor]:
@@ -107,8 +140,8 @@ def sample_triangles(vertices: Tensor, faces: Tensor, n: int, generator: torch.G
     Returns points (n, 3), their face normals (n, 3) and face indices (n,).
     """
     normals, areas = face_normals_areas(vertices, faces)
-    if not bool(areas.sum() > 0):
-        raise ValueError("cannot sample a mesh of zero area")
+    if not bool(torch.isfinite(areas).all() and areas.sum() > 0):
+        raise ValueError("cannot sample the surface: the mesh has zero total area or non-finite vertices")
     face = torch.multinomial(areas, n, replacement=True, generator=generator)
     u = torch.rand(n, 2, dtype=vertices.dtype, device=vertices.device, generator=generator)
     flip = u.sum(-1) > 1

@@ -71,12 +71,22 @@ def shape_metrics(primitives: Primitives, volume_points: Tensor, volume_labels: 
     weights (N,) if given); the ``point_cloud_metrics`` of ``n_points`` points sampled on the
     predicted union surface against the target surface samples (Q, 3) and unit normals (Q, 3).
     """
-    inside = primitives.implicit(volume_points[None]).value < 0
-    weights = None if volume_weights is None else volume_weights[None]
-    iou = weighted_iou(inside, volume_labels[None], weights)
+    inside = primitives.implicit(volume_points[None]).value[0] < 0
     points, normals = sample_union_surface(primitives, n_points, min_vertices, generator)[0]
+    return prediction_metrics(inside, points, normals, volume_labels, surface_points, surface_normals,
+                              volume_weights)
+
+
+def prediction_metrics(inside: Tensor, points: Tensor, normals: Tensor, volume_labels: Tensor,
+                       surface_points: Tensor, surface_normals: Tensor, volume_weights: Tensor | None = None
+                       ) -> dict[str, float]:
+    """All metrics of one predicted shape, whatever predicted it: ``inside`` (N,) bool at the target's
+    labelled volume points (labels (N,) bool, optional importance weights (N,)); predicted surface
+    ``points`` / unit ``normals`` (P, 3) against the target's surface samples and normals (Q, 3)."""
+    weights = None if volume_weights is None else volume_weights[None]
+    iou = weighted_iou(inside[None], volume_labels[None], weights)
     if len(points) == 0:
-        raise RuntimeError("the predicted union has no surface points")
+        raise RuntimeError("the predicted shape has no surface points")
     m = point_cloud_metrics(points[None], surface_points[None], normals[None], surface_normals[None])
     return {"iou": float(iou[0]), **{k: float(v[0]) for k, v in m.items()}}
 

@@ -13,8 +13,6 @@ Mirrors the authors' ``compute_predictions_from_features`` in the efficient form
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from torch import Tensor
 
@@ -22,36 +20,9 @@ from npkernels import nearest
 from npkernels.knn.reference import safe_sqrt
 
 from . import losses
+from .config import LOSS_TERMS, LossConfig
 from .metrics import weighted_iou
 from .models.primitives import Primitives
-
-TERMS = ("chamfer", "normal", "occupancy", "coverage", "overlap")
-
-
-@dataclass
-class LossConfig:
-    """Loss settings; defaults are the authors' D-FAUST config."""
-
-    weights: dict[str, float] = field(default_factory=lambda: {
-        "chamfer": 0.3, "normal": 0.01, "occupancy": 1.0, "coverage": 0.01, "overlap": 0.1})
-    sharpness: float = 250.0
-    min_n_points: int = 10
-    max_shared_points: float = 1.95
-    coverage_eps: float = 1e-6
-    n_points_on_sphere: int = 200
-    volume_implicit: str = "euclidean"
-    test_own_primitive: bool = False
-    union_surface: bool = True
-
-    def __post_init__(self):
-        unknown = set(self.weights) - set(TERMS)
-        if unknown:
-            raise ValueError(f"unknown loss terms {sorted(unknown)}; expected a subset of {TERMS}")
-        if self.volume_implicit not in ("euclidean", "inn"):
-            raise ValueError(f"volume_implicit must be 'euclidean' or 'inn', got {self.volume_implicit!r}")
-
-    def weight(self, term: str) -> float:
-        return float(self.weights.get(term, 0.0))
 
 
 def euclidean_implicit(volume_points: Tensor, sphere_world: Tensor, sign: Tensor, backend: str = "auto") -> Tensor:
@@ -124,5 +95,5 @@ def compute_losses(primitives: Primitives, batch: dict[str, Tensor], cfg: LossCo
         normals = surface_normals(primitives, batch["surface_points"])
         out["normal"] = losses.normal_consistency_loss(normals, batch["surface_normals"])
 
-    out["total"] = sum(cfg.weight(t) * out[t] for t in TERMS if t in out)
+    out["total"] = sum(cfg.weight(t) * out[t] for t in LOSS_TERMS if t in out)
     return out

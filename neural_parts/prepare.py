@@ -15,15 +15,39 @@ import argparse
 import logging
 import sys
 
+from neural_parts.cli import run_command
 from neural_parts.data import build, sources, synthetic
 from neural_parts.data.process import NORMALISATIONS, UNIT_BOX, RecordConfig
 
 
 def _box(text: str):
-    values = [float(v) for v in text.split(",")]
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
     if len(values) != 6:
         raise argparse.ArgumentTypeError("--box needs 6 numbers: xmin,ymin,zmin,xmax,ymax,zmax")
     return (tuple(values[:3]), tuple(values[3:]))
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _part(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must look like i/n (e.g. 0/4), got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"{text}: need 0 <= i < n")
+    return i, n
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,14 +64,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--splits", help="split CSV (dfaust: id,model_id,split; shapenet: all.csv; meshes: path,split)"
     )
-    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
-    p.add_argument("--shard-size", type=int, default=64, help="records per shard file")
-    p.add_argument("--limit", type=int, default=None, help="at most this many records per split")
+    p.add_argument("--workers", type=_positive, default=None, help="parallel processes (default: all cores)")
+    p.add_argument("--shard-size", type=_positive, default=64, help="records per shard file")
+    p.add_argument("--limit", type=_positive, default=None, help="at most this many records per split")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-volume", type=int, default=100_000, help="volume points per record")
-    p.add_argument("--n-surface", type=int, default=100_000, help="surface points per record")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--views", type=int, default=1, help="views per record: view 0 fixed, the others random")
+    p.add_argument("--shard", type=_part, default=(0, 1), metavar="I/N",
+                   help="build only shard files I, I+N, ... and assemble nothing (N machines sharing --output); "
+                   "a final run without --shard builds what is missing and assembles")
+    p.add_argument("--n-volume", type=_positive, default=100_000, help="volume points per record")
+    p.add_argument("--n-surface", type=_positive, default=100_000, help="surface points per record")
+    p.add_argument("--image-size", type=_positive, default=224)
+    p.add_argument("--views", type=_positive, default=1, help="views per record: view 0 fixed, the others random")
     p.add_argument("--normalisation", choices=NORMALISATIONS, default="unit_box")
     p.add_argument(
         "--box",
@@ -123,25 +150,38 @@ def _prepare(args) -> dict:
         shard_size=args.shard_size,
         allow_slow_labeller=args.allow_slow_labeller,
         progress=not args.quiet,
+        part=args.shard,
     )
 
 
-def main(argv=None) -> dict:
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def _check_sources(args) -> None:
     needs = {"synthetic": 0, "meshes": 1, "shapenet": 1}.get(args.kind)
     if needs is not None and len(args.source) != needs:
         parser().error(f"{args.kind} takes {needs or 'no'} SOURCE argument{'s' if needs != 1 else ''}")
     if args.kind == "dfaust" and (not args.source or not args.splits):
         parser().error("dfaust needs registrations_*.hdf5 file(s) and --splits CSV")
-    try:
-        summary = _prepare(args)
-    except (RuntimeError, FileNotFoundError, ValueError) as e:  # bad input or refused job: no traceback
-        print(f"prepare: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from e
-    print(build.format_summary(summary))
-    return summary
+
+
+def prepare(argv=None) -> dict:
+    """Run the command on ``argv`` and return the build summary (errors raise; ``main`` reports them)."""
+    args = parser().parse_args(argv)
+    _check_sources(args)
+    return _prepare(args)
+
+
+def _run(args) -> int:
+    _check_sources(args)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    summary = _prepare(args)
+    print(build.format_summary(summary) if "part" not in summary else
+          f"shard {summary['part']}: built {summary['built_records']} records in {summary['seconds']:.1f} s; "
+          f"{summary['shards_left']} shard files still missing; run without --shard to assemble")
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_command("prepare", parser, _run, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

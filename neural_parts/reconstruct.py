@@ -16,8 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-from . import api
+from .checkpoint import load_model
 from .cli import run_command
+from .export import export_mesh, export_parts
+from .meshing import union_mesh
+from .preview import SIDE_VIEW, render_primitives, save_png, titled_grid, view_camera
+from .runtime import pick_device
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,7 +47,7 @@ def read_input(text: str, image_size: int):
     match = re.fullmatch(r"(.+\.h5):(-?\d+)", text)
     if match:
         from .data import H5Records
-        from .data.dataset import normalise_image
+        from .data.images import normalise_image
 
         path = Path(match.group(1))
         if not path.is_file():
@@ -55,34 +59,39 @@ def read_input(text: str, image_size: int):
         return normalise_image(image, image_size)[None], image, camera, f"{path} record {match.group(2)} ({rec['name']})"
     if text.endswith(".h5"):
         raise ValueError(f"{text}: address a record as FILE.h5:INDEX")
-    inputs, image = api.read_image(text, image_size)
+    from .data.images import read_image
+
+    inputs, image = read_image(text, image_size)
     return inputs, image, None, text
 
 
 def run(args) -> int:
-    device = api.pick_device(args.device)
-    model = api.load(args.checkpoint, device)
+    for name in ("min_vertices", "resolution", "preview_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.levels < 0:
+        raise ValueError(f"--levels must be >= 0, got {args.levels}")
+    device = pick_device(args.device)
+    model = load_model(args.checkpoint, device)
     cfg = model.config
-    if cfg["feature_extractor"]["type"] != "resnet18":
+    if cfg.feature_extractor.type != "resnet18":
         raise ValueError(f"{args.checkpoint}: this model has no image encoder; use the fit command's exports")
-    inputs, image, camera, what = read_input(args.input, cfg["data"]["image_size"])
+    inputs, image, camera, what = read_input(args.input, cfg.data.image_size)
     t0 = time.perf_counter()
     prims = model.predict(inputs.to(device))
     out = Path(args.output)
-    written = api.export_parts(prims, out, args.min_vertices, args.format)
+    written = export_parts(prims, out, args.min_vertices, args.format)
     size = args.preview_size
-    view = camera if camera is not None else api.default_camera(size)
-    from .data.render import orbit_camera
-
-    side = orbit_camera(120.0, 15.0, api.UNIT_BOX, size)
-    tiles = [image, api.render_primitives(prims, view, size), api.render_primitives(prims, side, size)]
-    written.append(api.save_png(api.side_by_side(tiles, size), out / "preview.png"))
+    view = camera if camera is not None else view_camera(size=size)
+    tiles = [image, render_primitives(prims, view, size), render_primitives(prims, view_camera(SIDE_VIEW, size), size)]
+    grid = titled_grid([tiles], ["input", "prediction (input view)", "prediction (side)"], size)
+    written.append(save_png(grid, out / "preview.png"))
     if args.union:
         import trimesh
 
-        verts, faces = api.union_mesh(prims, resolution=args.resolution, levels=args.levels)
+        verts, faces = union_mesh(prims, resolution=args.resolution, levels=args.levels)
         mesh = trimesh.Trimesh(verts, faces, process=True)
-        written.append(api.export_mesh(mesh, out / "union.obj"))
+        written.append(export_mesh(mesh, out / "union.obj"))
         print(f"union mesh: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, watertight {mesh.is_watertight}, "
               f"grid {args.resolution * 2 ** args.levels}^3")
     print(f"reconstructed {what} with {model.n_primitives} primitives (step {model.step}) in "

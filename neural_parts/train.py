@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import api, engine
+from . import engine
 from .atomic import atomic_path
 from .checkpoint import (
     CheckpointError,
@@ -34,7 +34,10 @@ from .checkpoint import (
     set_rng_state,
 )
 from .cli import run_command
-from .config import ConfigError, apply_overrides, dump, from_dict, load_config, validate
+from .config import Config, ConfigError, dump, from_dict, load_config
+from .models import NeuralParts
+from .preview import SIDE_VIEW, render_primitives, save_png, titled_grid, view_camera
+from .runtime import configure
 
 log = logging.getLogger("neural_parts")
 
@@ -64,13 +67,30 @@ def _overrides(args) -> list[str]:
     return extra
 
 
-def data_folder(cfg: dict, progress: bool = True) -> Path:
+def load_encoder_weights(model: NeuralParts, cfg: Config) -> None:
+    """Apply ``feature_extractor.weights`` (a torchvision resnet18 file, or "none") to a new model."""
+    weights = cfg.feature_extractor.weights
+    if cfg.feature_extractor.type != "resnet18" or (weights is not None and weights.lower() == "none"):
+        return
+    if weights is None:
+        raise ConfigError(
+            f"config {cfg.name!r} expects pretrained encoder weights: set feature_extractor.weights="
+            "PATH (a torchvision resnet18 state dict) or feature_extractor.weights=none to train from scratch")
+    try:
+        model.feature_extractor.load_torchvision_weights(weights)
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from None
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(f"feature_extractor.weights {weights}: {e}") from None
+
+
+def data_folder(cfg: Config, progress: bool = True) -> Path:
     """The dataset folder of ``data.dataset``; builds the built-in synthetic dataset when missing."""
     from .data import SYNTHETIC_NAME, default_data_dir, prepare_synthetic
 
-    name = cfg["data"]["dataset"]
+    name = cfg.data.dataset
     folder = Path(name) if ("/" in name or Path(name).is_dir()) else default_data_dir(name)
-    splits = (cfg["data"]["train_split"], cfg["data"]["val_split"])
+    splits = (cfg.data.train_split, cfg.data.val_split)
     if all((folder / f"{s}.h5").is_file() for s in splits):
         return folder
     if name == SYNTHETIC_NAME:
@@ -107,6 +127,26 @@ def _remove_logging(handlers: list[logging.Handler]) -> None:
 def _write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def truncate_metrics(path: Path, step: int) -> int:
+    """Keep the rows of metrics.jsonl up to ``step`` (a resumed run rewrites what came after its checkpoint;
+    a torn last line is dropped); atomic. Returns the number of rows removed."""
+    if not path.is_file():
+        return 0
+    kept, removed = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            removed += 1
+            continue
+        if row.get("step", 0) <= step:
+            kept.append(line)
+        else:
+            removed += 1
+    _write_text(path, "".join(f"{line}\n" for line in kept))
+    return removed
 
 
 class MetricsLog:
@@ -153,21 +193,19 @@ def _interrupt(signum, frame):
 
 def preview(model, dataset, indices: list[int], device) -> np.ndarray:
     """Rows of [input image, primitives seen from the input camera, from the side] for validation shapes."""
-    from .data.render import Camera, orbit_camera
+    from .data.render import Camera
 
-    rows = []
+    rows, size = [], 0
     for i in indices:
         rec = dataset.record(i)
         image = rec["images"][0]
         size = image.shape[0]
         item = dataset[i]
-        inputs = engine.model_inputs({k: v[None].to(device) for k, v in item.items()}, model)
-        prims = model.predict(inputs)
+        prims = model.predict(model.inputs({k: v[None].to(device) for k, v in item.items()}))
         cam = Camera(rec["camera_K"][0], rec["camera_Rt"][0], size, size)
-        side = orbit_camera(120.0, 15.0, api.UNIT_BOX, size)
-        rows.append(api.side_by_side([image, api.render_primitives(prims, cam, size),
-                                      api.render_primitives(prims, side, size)], size))
-    return np.concatenate(rows, axis=0)
+        rows.append([image, render_primitives(prims, cam, size),
+                     render_primitives(prims, view_camera(SIDE_VIEW, size), size)])
+    return titled_grid(rows, ["input", "prediction (input view)", "prediction (side)"], size)
 
 
 def run(args) -> int:
@@ -178,16 +216,16 @@ def run(args) -> int:
         if not (run_dir / "config.yaml").is_file():
             raise CheckpointError(f"--resume {run_dir}: not a run folder (no config.yaml)")
         resume = load_checkpoint(run_dir / "last.pt")
-        cfg = from_dict(resume["config"])
-        cfg = {**validate(apply_overrides({k: v for k, v in cfg.items() if k != "name"}, _overrides(args))),
-               "name": cfg["name"]}
+        cfg = from_dict(resume["config"]).replace(_overrides(args))
     else:
         cfg = load_config(args.config, _overrides(args))
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(args.output or f"runs/{cfg['name']}-{stamp}")
+        run_dir = Path(args.output or f"runs/{cfg.name}-{stamp}")
         if (run_dir / "last.pt").exists():
             raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                               "or choose another --output")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run folder {run_dir} exists and is not a folder")
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_text(run_dir / "config.yaml", dump(cfg))
     handlers = _setup_logging(run_dir)
@@ -197,33 +235,32 @@ def run(args) -> int:
         _remove_logging(handlers)
 
 
-def _train(args, cfg: dict, run_dir: Path, resume: dict | None) -> int:
+def _best_iou(run_dir: Path, resume: dict) -> float:
+    """The best validation IoU so far: best.pt's own record (it may be newer than last.pt's)."""
+    best = resume["metrics"].get("best_iou", -1.0)
+    if (run_dir / "best.pt").is_file():
+        best = max(best, load_checkpoint(run_dir / "best.pt")["metrics"].get("best_iou", -1.0))
+    return best
+
+
+def _train(args, cfg: Config, run_dir: Path, resume: dict | None) -> int:
     """Build data, model and optimiser (restored when resuming), then train until max_steps or Ctrl-C."""
-    rt, train_cfg, val_cfg, data_cfg = cfg["runtime"], cfg["training"], cfg["validation"], cfg["data"]
-
-    seed = rt["seed"]
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if rt["threads"]:
-        torch.set_num_threads(rt["threads"])
-    torch.set_float32_matmul_precision("high" if rt["tf32"] else "highest")
-    device = api.pick_device(rt["device"])
-
-    model = api.build_model(cfg).to(device)
+    rt, train_cfg, val_cfg, data_cfg = cfg.runtime, cfg.training, cfg.validation, cfg.data
+    device = configure(rt)
+    model = NeuralParts.from_config(cfg).to(device)
     if resume is None:
-        api.load_encoder_weights(model, cfg)
+        load_encoder_weights(model, cfg)
 
     from .data import NeuralPartsDataset
     folder = data_folder(cfg, progress=not args.quiet)
-    common = {"n_surface": data_cfg["n_points_on_mesh"], "equal": data_cfg["equal"],
-              "image_size": data_cfg["image_size"], "categories": data_cfg["categories"]}
-    train_set = NeuralPartsDataset(folder / f"{data_cfg['train_split']}.h5", n_volume=data_cfg["n_points_in_mesh"],
-                                   random_view=data_cfg["random_view"], **common)
-    val_set = NeuralPartsDataset(folder / f"{data_cfg['val_split']}.h5", n_volume=val_cfg["n_points_in_mesh"],
-                                 seed=val_cfg["seed"], **common)
-    order = np.random.default_rng(val_cfg["seed"]).permutation(len(val_set))
-    val_indices = sorted(order[:val_cfg["n_shapes"]].tolist())
+    common = {"n_surface": data_cfg.n_points_on_mesh, "equal": data_cfg.equal, "image_size": data_cfg.image_size,
+              "categories": data_cfg.categories}
+    train_set = NeuralPartsDataset(folder / f"{data_cfg.train_split}.h5", n_volume=data_cfg.n_points_in_mesh,
+                                   random_view=data_cfg.random_view, seed=rt.seed, **common)
+    val_set = NeuralPartsDataset(folder / f"{data_cfg.val_split}.h5", n_volume=val_cfg.n_points_in_mesh,
+                                 seed=val_cfg.seed, **common)
+    order = np.random.default_rng(val_cfg.seed).permutation(len(val_set))
+    val_indices = sorted(order[:val_cfg.n_shapes].tolist())
 
     optimizer = engine.make_optimizer(cfg, model.parameters())
     step, best_iou, elapsed0 = 0, -1.0, 0.0
@@ -232,30 +269,35 @@ def _train(args, cfg: dict, run_dir: Path, resume: dict | None) -> int:
         optimizer.load_state_dict(resume["optimizer"])
         set_rng_state(resume["rng"])
         step = resume["step"]
-        best_iou = resume["metrics"].get("best_iou", -1.0)
+        best_iou = _best_iou(run_dir, resume)
         elapsed0 = resume["metrics"].get("elapsed_s", 0.0)
-        log.info("resumed %s at step %d", resume["path"], step)
+        removed = truncate_metrics(run_dir / "metrics.jsonl", step)
+        log.info("resumed %s at step %d%s", resume["path"], step,
+                 f" (dropped {removed} metrics.jsonl rows written after it)" if removed else "")
 
     from npkernels.env import report
     info = report()  # the same facts as `python -m npkernels.env`, labeller tier included
     log.info("run folder: %s", run_dir.resolve())
     log.info("device: %s | kernel backend: %s (runtime.kernel_backend=%s) | float32 matmul precision: %s (tf32 %s)",
              device, _effective_backend(model.kernel_backend, device, info), model.kernel_backend,
-             torch.get_float32_matmul_precision(), "on" if rt["tf32"] else "off")
+             torch.get_float32_matmul_precision(), "on" if rt.tf32 else "off")
     log.info("environment: %s", ", ".join(f"{k}={v}" for k, v in info.items()))
     log.info("config %s: M=%d, F=%d, hidden %d, projection %d, image %d, N=%d, N_s=%d, S=%d, batch %dx%d, %s lr %g; "
-             "%d parameters; %d training / %d validation shapes (%s)", cfg["name"], cfg["network"]["n_primitives"],
-             cfg["feature_extractor"]["feature_size"], cfg["invertible_network"]["hidden_size"],
-             cfg["projection_layer"]["proj_dims"], data_cfg["image_size"], data_cfg["n_points_in_mesh"],
-             data_cfg["n_points_on_mesh"], cfg["loss"]["n_points_on_sphere"], train_cfg["batch_size"],
-             train_cfg["aggregate"], train_cfg["optimizer"], train_cfg["lr"], engine.count_parameters(model),
-             len(train_set), len(val_set), folder)
+             "%d parameters; %d training / %d validation shapes (%s)", cfg.name, cfg.network.n_primitives,
+             cfg.feature_extractor.feature_size, cfg.invertible_network.hidden_size, cfg.projection_layer.proj_dims,
+             data_cfg.image_size, data_cfg.n_points_in_mesh, data_cfg.n_points_on_mesh, cfg.loss.n_points_on_sphere,
+             train_cfg.batch_size, train_cfg.aggregate, train_cfg.optimizer, train_cfg.lr,
+             engine.count_parameters(model), len(train_set), len(val_set), folder)
 
-    trainer = engine.Trainer(model, optimizer, engine.loss_config(cfg), train_cfg["clip_grad_norm"],
-                             rt["amp_encoder"])
-    batches = engine.infinite_batches(train_set, train_cfg["batch_size"], seed, start_epoch=step,
-                                      num_workers=data_cfg["num_workers"], device=device)
-    metrics = MetricsLog(run_dir, rt["tensorboard"])
+    t0 = time.perf_counter()
+    floor = engine.constant_shape_floor(train_set, val_set, val_indices, device)["iou"]
+    log.info("constant-shape floor: validation IoU %.4f (the best single shape of the training set; %.1f s)", floor,
+             time.perf_counter() - t0)
+
+    trainer = engine.Trainer(model, optimizer, cfg.loss, train_cfg.clip_grad_norm, train_cfg.max_nonfinite_steps)
+    batches = engine.infinite_batches(train_set, train_cfg.batch_size, rt.seed, start=step * train_cfg.aggregate,
+                                      num_workers=data_cfg.num_workers, device=device)
+    metrics = MetricsLog(run_dir, rt.tensorboard)
     t_start = time.perf_counter()
 
     def elapsed() -> float:
@@ -274,44 +316,49 @@ def _train(args, cfg: dict, run_dir: Path, resume: dict | None) -> int:
         if improved:
             best_iou = result["iou"]
             checkpoint("best.pt")
-        if val_cfg["preview_shapes"] > 0:
-            image = preview(model, val_set, val_indices[:val_cfg["preview_shapes"]], device)
+        if val_cfg.preview_shapes > 0:
+            image = preview(model, val_set, val_indices[:val_cfg.preview_shapes], device)
             (run_dir / "previews").mkdir(exist_ok=True)
-            api.save_png(image, run_dir / "previews" / f"step_{step:07d}.png")
-            api.save_png(image, run_dir / "preview.png")
-        log.info("step %d (%.0f s): validation IoU %.4f on %d shapes%s (%.1f s)", step, elapsed(), result["iou"],
-                 len(val_indices), " (best)" if improved else "", time.perf_counter() - t0)
+            save_png(image, run_dir / "previews" / f"step_{step:07d}.png")
+            save_png(image, run_dir / "preview.png")
+        log.info("step %d (%.0f s): validation IoU %.4f on %d shapes%s (constant-shape floor %.4f; %.1f s)", step,
+                 elapsed(), result["iou"], len(val_indices), " (best)" if improved else "", floor,
+                 time.perf_counter() - t0)
 
-    max_steps = train_cfg["max_steps"]
+    max_steps = train_cfg.max_steps
     from tqdm import tqdm
     bar = tqdm(total=max_steps or None, initial=step, unit="step", disable=args.quiet, mininterval=2,
                dynamic_ncols=True)
     last_val_time, last_val_step = time.perf_counter(), step
     running: dict[str, list[float]] = {}
     if resume is None:
+        metrics.write("floor", 0, elapsed(), {"iou": floor})
         validation()
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` saves last.pt like Ctrl-C
     try:
         while not max_steps or step < max_steps:
-            values = trainer.step([next(batches) for _ in range(train_cfg["aggregate"])])
+            values = trainer.step([next(batches) for _ in range(train_cfg.aggregate)])
             step += 1
             bar.update(1)
+            if values["skipped"]:
+                log.warning("step %d: non-finite loss or gradient (loss %s); update skipped (%d so far)", step,
+                            values["total"], trainer.skipped)
             for k, v in values.items():
                 running.setdefault(k, []).append(v)
-            if step % train_cfg["log_every"] == 0:
-                means = {k: float(np.mean(v)) for k, v in running.items()}
+            if step % train_cfg.log_every == 0:
+                means = {k: float(np.nanmean(v)) if k != "skipped" else float(np.sum(v)) for k, v in running.items()}
                 running.clear()
                 metrics.write("train", step, elapsed(), means)
                 bar.set_postfix(loss=f"{means['total']:.4f}", iou=f"{means.get('iou', float('nan')):.3f}")
-            if step % train_cfg["checkpoint_every"] == 0:
-                checkpoint(f"step_{step}.pt")
-                atomic_link(run_dir / f"step_{step}.pt", run_dir / "last.pt")
-                prune_step_checkpoints(run_dir, train_cfg["keep_checkpoints"])
-            due = (time.perf_counter() - last_val_time >= val_cfg["every_seconds"] if val_cfg["every_seconds"]
-                   else step % val_cfg["every_steps"] == 0)
-            if due:
+            due = (time.perf_counter() - last_val_time >= val_cfg.every_seconds if val_cfg.every_seconds
+                   else step % val_cfg.every_steps == 0)
+            if due:  # before the checkpoint: last.pt then holds this validation's best IoU
                 validation()
                 last_val_time, last_val_step = time.perf_counter(), step
+            if step % train_cfg.checkpoint_every == 0:
+                checkpoint(f"step_{step}.pt")
+                atomic_link(run_dir / f"step_{step}.pt", run_dir / "last.pt")
+                prune_step_checkpoints(run_dir, train_cfg.keep_checkpoints)
     except KeyboardInterrupt:
         bar.close()
         checkpoint("last.pt")

@@ -20,11 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path
+from .. import __version__
+from ..atomic import atomic_path, check_writable, remove_stale_temps
+from ..errors import UserError
 from . import readers, storage, synthetic
 from .process import RecordConfig, SkipRecord, label, make_record
 
 log = logging.getLogger("neural_parts.prepare")
+
+
+class PrepareError(UserError, RuntimeError):
+    """A build that cannot run as asked (refused slow labelling, foreign shards, nothing usable)."""
 SPLITS = ("train", "val", "test")
 SLOW_LABELLER_LIMIT = 1e8  # point-triangle tests allowed with the O(N F) reference labeller
 _REFERENCE_TESTS_PER_S = 2e8  # rough CPU throughput of the reference labeller, for the ETA
@@ -63,7 +69,7 @@ def build_record(job: dict, cfg: RecordConfig, seed: int) -> dict:
             face_part=part,
         )
     if kind == "onet":
-        return readers.onet_record(job["path"], cfg, name=job["name"], category=job["category"])
+        return readers.onet_record(job["path"], cfg, rng, name=job["name"], category=job["category"])
     if kind == "mesh":
         v, f = readers.load_mesh(job["path"])
     elif kind == "dfaust":
@@ -74,14 +80,20 @@ def build_record(job: dict, cfg: RecordConfig, seed: int) -> dict:
 
 
 def _run_shard(shard: Path, jobs: list, cfg: RecordConfig, seed: int, attrs: dict) -> dict:
-    """Build and write one shard; returns its summary (also written to ``shard.json``)."""
+    """Build and write one shard; returns its summary (also written to ``shard.json``).
+
+    A job that fails in any way (an unusable mesh, a damaged file, a reader error) is skipped with its
+    file and the reason in the summary; the other records are built.
+    """
     t0 = time.perf_counter()
     records, skipped = [], []
     for job in jobs:
         try:
             records.append(build_record(job, cfg, seed))
-        except SkipRecord as e:
-            skipped.append({"name": job["name"], "reason": str(e)})
+        except Exception as e:  # noqa: BLE001 (one bad input must not stop the build)
+            reason = str(e) if isinstance(e, SkipRecord) else f"{type(e).__name__}: {e}"
+            skipped.append({"name": job["name"], "file": str(job.get("path", "")), "reason": reason})
+            log.warning("skipped %s%s: %s", job["name"], f" ({job['path']})" if "path" in job else "", reason)
     if records:
         storage.write_records(shard, records, attrs)
     summary = {
@@ -128,7 +140,7 @@ def _check_labeller(jobs: list, cfg: RecordConfig, allow_slow: bool) -> str:
             eta,
         )
         if tests > SLOW_LABELLER_LIMIT and not allow_slow:
-            raise RuntimeError(
+            raise PrepareError(
                 f"refusing to label about {tests:.1e} point-triangle tests with the O(N*F) reference "
                 f"labeller (estimated {eta / 60:.0f} min): build the npkernels extension (see "
                 "`python -m npkernels.env`) "
@@ -148,16 +160,30 @@ def build(
     shard_size: int = 64,
     allow_slow_labeller: bool = False,
     progress: bool = True,
+    part: tuple[int, int] = (0, 1),
 ) -> dict:
     """Build ``output/<split>.h5`` for ``jobs`` ({split: [job, ...]}); returns the summary (also saved as
-    ``output/summary.json``). ``source`` describes the input (stored as provenance and hashed)."""
+    ``output/summary.json``). ``source`` describes the input (stored as provenance and hashed).
+
+    ``part=(i, n)`` with n > 1 builds only the shards k with k % n == i and assembles nothing, so that n
+    machines sharing the output folder can split a build; a run with the default part (0, 1) then builds
+    whatever is still missing and assembles the splits.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard size must be >= 1, got {shard_size}")
     t0 = time.perf_counter()
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    check_writable(output)
+    for folder in [output, *output.glob("*.parts")]:
+        for path in remove_stale_temps(folder):
+            log.info("removed %s, left by a killed build", path)
     names = {split: [j["name"] for j in js] for split, js in jobs.items()}
-    digest = cfg.digest({"source": source, "seed": seed, "shard_size": shard_size, "jobs": names})
+    digest = cfg.digest({"source": source, "seed": seed, "shard_size": shard_size, "jobs": names,
+                         "format_version": storage.FORMAT_VERSION})
     todo, done = _plan(jobs, output, cfg, source, digest, shard_size)
-    tasks = [(split, p, js) for split, shards in todo.items() for p, js in shards if not _finished(p)]
+    index, count = part
+    tasks = [(split, p, js) for split, shards in todo.items() for k, (p, js) in enumerate(shards)
+             if k % count == index and not _finished(p)]
     attrs = {
         "box": np.asarray(cfg.box),
         "normalisation": cfg.normalisation,
@@ -166,19 +192,27 @@ def build(
         "config": json.dumps({"record": cfg.to_dict(), "seed": seed}),
         "source": json.dumps(source, default=str),
         "camera_convention": _camera_convention(source),
-        "neural_parts_version": _version(),
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "neural_parts_version": __version__,
     }
     pending = [job for _, _, js in tasks for job in js]
     tier = _check_labeller(pending, cfg, allow_slow_labeller) if pending else "not needed"
     attrs["labeller"] = f"npkernels.inside_mesh winding ({tier})"
     _run(tasks, cfg, seed, attrs, workers, progress)
-    summary = {"output": str(output), "config_hash": digest, "labeller": attrs["labeller"], "splits": {}}
+    summary = {"output": str(output), "config_hash": digest, "labeller": attrs["labeller"], "splits": {},
+               "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if count > 1:
+        paths = [p for split_shards in todo.values() for p, _ in split_shards]
+        left = sum(not _finished(p) for p in paths)
+        summary.update(part=f"{index}/{count}", built_records=len(pending), shards_left=left,
+                       seconds=round(time.perf_counter() - t0, 2))
+        log.info("part %d/%d done: %d of %d shards still missing; run without --part to finish and assemble",
+                 index, count, left, len(paths))
+        return summary
     for split, shards in todo.items():
         summary["splits"][split] = _assemble(output, split, shards, attrs)
     if not any(s["records"] for s in summary["splits"].values()) and not done:
         reasons = [s for v in summary["splits"].values() for s in v["skipped"]][:3]
-        raise RuntimeError(f"every record was skipped; first reasons: {reasons}")
+        raise PrepareError(f"every record was skipped; first reasons: {reasons}")
     previous = _read_json(output / "summary.json").get("splits", {})
     for split in done:  # keep the earlier build's skips and flags
         path = output / f"{split}.h5"
@@ -208,7 +242,7 @@ def _plan(jobs: dict, output: Path, cfg: RecordConfig, source: dict, digest: str
             log.warning("%s was built with another configuration or input; it will be replaced", final)
         parts = output / f"{split}.parts"
         if parts.exists() and _read_json(parts / "config.json").get("digest") != digest:
-            raise RuntimeError(
+            raise PrepareError(
                 f"{parts} holds shards of a different configuration; delete it or choose another --output"
             )
         parts.mkdir(exist_ok=True)
@@ -281,15 +315,6 @@ def _camera_convention(source: dict) -> str:
     if source.get("kind") == "shapenet_onet":
         return "onet: camera_K = camera_mat, camera_Rt = world_mat from img_choy2016/cameras.npz"
     return "opencv: x_cam = Rt @ [x, 1] (x right, y down, z forward); pixels = K @ x_cam / z; see render.py"
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("neural_parts")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def format_summary(summary: dict) -> str:

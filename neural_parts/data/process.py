@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..geometry import orient_components
 from . import render
 from .sampling import face_normals, sample_surface, sample_volume
 
@@ -41,6 +42,11 @@ class RecordConfig:
             raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}")
         if self.up not in ("y", "z"):
             raise ValueError(f"up must be 'y' or 'z', got {self.up!r}")
+        for name in ("n_volume", "n_surface", "image_size"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not (isinstance(self.n_views, int) and self.n_views >= 0):
+            raise ValueError(f"n_views must be an integer >= 0, got {self.n_views!r}")
         if self.non_watertight not in ("flag", "skip"):
             raise ValueError(f"non_watertight must be 'flag' or 'skip', got {self.non_watertight!r}")
         box = np.asarray(self.box, dtype=np.float64)
@@ -57,6 +63,23 @@ class RecordConfig:
         """Stable hash of this config plus ``extra`` (the source description)."""
         blob = json.dumps({"record": self.to_dict(), **(extra or {})}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def check_mesh(vertices, faces) -> tuple[np.ndarray, np.ndarray]:
+    """(vertices (V, 3) float64, faces (F, 3) int64) of a usable mesh, or SkipRecord saying what is wrong."""
+    vertices = np.asarray(vertices, dtype=np.float64)
+    faces = np.asarray(faces)
+    if len(faces) == 0 or len(vertices) == 0:
+        raise SkipRecord("empty mesh (no faces)")
+    if vertices.ndim != 2 or vertices.shape[1] != 3 or faces.ndim != 2 or faces.shape[1] != 3:
+        raise SkipRecord(f"not a triangle mesh (vertices {vertices.shape}, faces {faces.shape})")
+    if not np.issubdtype(faces.dtype, np.integer):
+        raise SkipRecord(f"face indices are not integers ({faces.dtype})")
+    if not np.isfinite(vertices).all():
+        raise SkipRecord(f"non-finite vertex coordinates ({int((~np.isfinite(vertices)).any(1).sum())} vertices)")
+    if faces.min() < 0 or faces.max() >= len(vertices):
+        raise SkipRecord(f"face indices out of range: [{faces.min()}, {faces.max()}] for {len(vertices)} vertices")
+    return vertices, faces.astype(np.int64)
 
 
 def label(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -91,6 +114,8 @@ def normalise(vertices: np.ndarray, mode: str):
         if mode == "unit_box"
         else 2.0 * float(np.linalg.norm(vertices - loc, axis=1).max())
     )
+    if not np.isfinite(scale):
+        raise SkipRecord("non-finite vertex coordinates")
     if not scale > 0:
         raise SkipRecord("degenerate mesh: all vertices coincide")
     return (vertices - loc) / scale, loc, scale
@@ -152,12 +177,7 @@ def make_record(
     soup of closed parts: surface samples then keep only points outside every other part.
     Raises ``SkipRecord`` with a reason for unusable meshes.
     """
-    vertices = np.asarray(vertices, dtype=np.float64)
-    faces = np.asarray(faces, dtype=np.int64)
-    if len(faces) == 0 or len(vertices) == 0:
-        raise SkipRecord("empty mesh (no faces)")
-    if not np.isfinite(vertices).all():
-        raise SkipRecord("non-finite vertex coordinates")
+    vertices, faces = check_mesh(vertices, faces)
     flags = list(flags)
     vertices, loc, scale = normalise(to_y_up(vertices, cfg.up), cfg.normalisation)
     if face_part is None:
@@ -168,6 +188,9 @@ def make_record(
             flags.append("non_watertight")
         if not (face_normals(vertices, faces) ** 2).sum(axis=1).any():
             raise SkipRecord("all faces are degenerate (zero area)")
+        faces, flipped = orient_components(vertices, faces)  # outward normals for the signed normal loss
+        if flipped:
+            flags.append("normals_flipped")
         surf, normals, _ = sample_surface(vertices, faces, cfg.n_surface, rng)
         part_ids = np.full(cfg.n_surface, -1, dtype=np.int16)
     else:
@@ -176,21 +199,21 @@ def make_record(
     q, points = sample_volume(np.asarray(cfg.box), cfg.n_volume, rng)
     labels = label(vertices, faces, points)
     flags += label_flags(labels)
-    images, Ks, Rts = [], [], []
-    for az, el in render.view_angles(cfg.n_views, rng):
-        cam = render.orbit_camera(az, el, cfg.box, cfg.image_size)
-        images.append(render.render_meshes([(vertices, faces, None)], cam))
-        Ks.append(cam.K)
-        Rts.append(cam.Rt)
+    size = cfg.image_size
+    images, Ks, Rts = np.zeros((0, size, size, 3), np.uint8), np.zeros((0, 3, 3)), np.zeros((0, 3, 4))
+    if cfg.n_views:
+        cams = [render.orbit_camera(az, el, cfg.box, size) for az, el in render.view_angles(cfg.n_views, rng)]
+        images = np.stack([render.render_meshes([(vertices, faces, None)], cam) for cam in cams])
+        Ks, Rts = np.stack([cam.K for cam in cams]), np.stack([cam.Rt for cam in cams])
     return {
         "volume_q": q,
         "volume_labels": labels,
         "surface_points": surf,
         "surface_normals": normals,
         "surface_part_ids": part_ids,
-        "images": np.stack(images),
-        "camera_K": np.stack(Ks),
-        "camera_Rt": np.stack(Rts),
+        "images": images,
+        "camera_K": Ks,
+        "camera_Rt": Rts,
         "name": name,
         "source": source,
         "category": category,

@@ -59,9 +59,13 @@ def dfaust_sequences(path) -> dict:
 
 def read_split_csv(path) -> list:
     """Rows of a split CSV as dicts (the authors' d-faust_splits.csv: id,model_id,split; ShapeNet's all.csv:
-    id,synsetId,subSynsetId,modelId,split; generic: first column tag, second column split)."""
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))
+    id,synsetId,subSynsetId,modelId,split; meshes: path,split; without a header: first column tag,
+    second column split)."""
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"split file {path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
     if not rows:
         raise ValueError(f"{path}: empty split file")
     header = [h.strip() for h in rows[0]]
@@ -92,28 +96,53 @@ def _occupancies(npz, n: int) -> np.ndarray:
     return occ.reshape(-1)[:n] > 0.5  # the authors' files: unpacked floats
 
 
-def _onet_views(model_dir: Path, n_views: int | None):
+def _onet_views(model_dir: Path, n_views: int | None, size: int | None = None):
+    """Image files and cameras of the first ``n_views`` views (all if None) of an ONet model folder.
+
+    ONet's ``camera_mat`` maps to pixels of the image as rendered (137 x 137 for Choy2016); with ``size``
+    (the images are resized to size x size) K's first two rows are scaled by size / original size.
+    """
+    from PIL import Image
+
     img_dir = model_dir / "img_choy2016"
     files = sorted(p for p in img_dir.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not files:
         raise SkipRecord(f"no images in {img_dir}")
     idx = list(range(len(files)))[: n_views or len(files)]
     cams = np.load(img_dir / "cameras.npz") if (img_dir / "cameras.npz").exists() else None
-    K = np.stack([cams[f"camera_mat_{i}"] if cams is not None else _NO_CAMERA[0] for i in idx])
+    K = np.stack([cams[f"camera_mat_{i}"] if cams is not None else _NO_CAMERA[0] for i in idx]).astype(np.float64)
     Rt = np.stack([cams[f"world_mat_{i}"][:3] if cams is not None else _NO_CAMERA[1] for i in idx])
+    if size is not None:
+        for k, i in enumerate(idx):
+            with Image.open(files[i]) as im:
+                width, height = im.size
+            K[k, 0] *= size / width
+            K[k, 1] *= size / height
     return [files[i] for i in idx], K.astype(np.float32), Rt.astype(np.float32)
 
 
-def onet_record(model_dir, cfg: RecordConfig, *, name: str, category: str) -> dict:
+def _onet_points(npz, rng: np.random.Generator, box=None) -> np.ndarray:
+    """ONet's volume points as float64; float16 files get ONet's 1e-4 Gaussian jitter (as their loader).
+    With ``box`` (2, 3) the jitter never moves a point out of it (points already outside stay outside)."""
+    raw = np.asarray(npz["points"])
+    points = raw.astype(np.float64)
+    if raw.dtype != np.float16:
+        return points
+    jittered = points + 1e-4 * rng.standard_normal(points.shape)
+    return jittered if box is None else np.clip(jittered, np.minimum(points, box[0]), np.maximum(points, box[1]))
+
+
+def onet_record(model_dir, cfg: RecordConfig, rng: np.random.Generator, *, name: str, category: str) -> dict:
     """Import one ONet model folder (points.npz, pointcloud.npz, img_choy2016/) as a record, keeping its
-    labels (ONet's frame: unit box padded to [-0.55, 0.55]^3). Points are quantised to ``cfg.box``."""
+    labels (ONet's frame: unit box padded to [-0.55, 0.55]^3). Points are quantised to ``cfg.box``;
+    ``rng`` draws the jitter of float16 points."""
     model_dir = Path(model_dir)
     try:
         pts = np.load(model_dir / "points.npz")
         cloud = np.load(model_dir / "pointcloud.npz")
+        points = _onet_points(pts, rng, np.asarray(cfg.box))
     except (OSError, ValueError) as e:
         raise SkipRecord(f"unreadable points.npz/pointcloud.npz: {e}") from e
-    points = np.asarray(pts["points"], dtype=np.float64)
     if len(points) < cfg.n_volume or len(cloud["points"]) < cfg.n_surface:
         raise SkipRecord(f"fewer points than n_volume={cfg.n_volume} / n_surface={cfg.n_surface}")
     labels = _occupancies(pts, len(points))[: cfg.n_volume]
@@ -122,7 +151,7 @@ def onet_record(model_dir, cfg: RecordConfig, *, name: str, category: str) -> di
     except ValueError as e:
         raise SkipRecord(str(e)) from e
     order = morton_order(q)
-    files, K, Rt = _onet_views(model_dir, cfg.n_views)
+    files, K, Rt = _onet_views(model_dir, cfg.n_views, cfg.image_size)
     if len(files) < cfg.n_views:
         raise SkipRecord(f"{len(files)} images, {cfg.n_views} views requested")
     return {
@@ -172,8 +201,9 @@ class ONetShapeNet:
     Split lists: ``<root>/<synset>/<split>.lst`` (ONet), or ``split_csv`` in ShapeNet's all.csv format.
     """
 
-    def __init__(self, root, split: str, classes=None, split_csv=None):
+    def __init__(self, root, split: str, classes=None, split_csv=None, seed: int = 0):
         self.root = Path(root)
+        self.seed = seed  # float16 points get ONet's 1e-4 jitter, a fixed draw per (seed, record)
         self.models = shapenet_models(self.root, split, classes, split_csv)
         if not self.models:
             raise FileNotFoundError(f"{self.root}: no {split} models found (looked for <synset>/{split}.lst)")
@@ -188,7 +218,7 @@ class ONetShapeNet:
         files, K, Rt = _onet_views(d, None)
         sel = list(range(len(files))) if views is None else list(views)
         return _decoded(
-            pts["points"],
+            _onet_points(pts, np.random.default_rng([self.seed, i])),
             _occupancies(pts, len(pts["points"])),
             cloud["points"],
             cloud["normals"],

@@ -7,35 +7,32 @@ Units are those of the (normalised) mesh; boxes are (2, 3) arrays
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 QMAX = 65535  # volume coordinates are stored as uint16 steps of the box
 
 
 def face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Unit normals (F, 3) float64 of triangles; degenerate faces get (0, 0, 0)."""
-    tri = vertices[faces].astype(np.float64)
-    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    norm = np.linalg.norm(n, axis=1, keepdims=True)
-    return np.divide(n, norm, out=np.zeros_like(n), where=norm > 0)
+    from ..geometry import face_normals_areas
+
+    v = torch.as_tensor(np.asarray(vertices, dtype=np.float64))
+    return face_normals_areas(v, torch.as_tensor(np.asarray(faces, dtype=np.int64)))[0].numpy()
 
 
 def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int, rng: np.random.Generator):
-    """Sample ``n`` points uniformly by area.
+    """Sample ``n`` points uniformly by area (``geometry.sample_triangles``, seeded from ``rng``).
 
     Returns ``(points (n, 3) float64, normals (n, 3) float64 unit face normals, face_ids (n,) int64)``,
     sorted by face id (spatially coherent, so the stored arrays compress well; loaders draw random subsets).
     """
-    tri = vertices[faces].astype(np.float64)
-    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-    if not np.isfinite(area).all() or area.sum() <= 0:
-        raise ValueError("cannot sample the surface: the mesh has zero total area or non-finite vertices")
-    face_ids = np.sort(rng.choice(len(faces), size=n, p=area / area.sum()))
-    u, v = rng.random((2, n))
-    flip = u + v > 1  # fold the unit square onto the triangle
-    u[flip], v[flip] = 1 - u[flip], 1 - v[flip]
-    t = tri[face_ids]
-    points = t[:, 0] + u[:, None] * (t[:, 1] - t[:, 0]) + v[:, None] * (t[:, 2] - t[:, 0])
-    return points, face_normals(vertices, faces)[face_ids], face_ids
+    from ..geometry import sample_triangles
+
+    generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
+    v = torch.as_tensor(np.asarray(vertices, dtype=np.float64))
+    points, normals, face_ids = sample_triangles(v, torch.as_tensor(np.asarray(faces, dtype=np.int64)), n, generator)
+    order = torch.argsort(face_ids, stable=True)
+    return points[order].numpy(), normals[order].numpy(), face_ids[order].numpy()
 
 
 def morton_order(q: np.ndarray) -> np.ndarray:

@@ -44,23 +44,42 @@ def hash_split(key: str) -> str:
     return "train" if bucket < 8 else ("val" if bucket == 8 else "test")
 
 
+MESH_SPLIT_KEYS = ("path", "id", "name")  # accepted key columns of a meshes split CSV, first found wins
+
+
+def mesh_split_table(split_csv) -> dict:
+    """``{key: split}`` of a meshes split CSV with a header ``path,split`` (``id`` or ``name`` instead of
+    ``path`` also work), or two columns without a header; the key is a path relative to the folder or a
+    file stem. Splits must be train, val or test."""
+    rows = readers.read_split_csv(split_csv)
+    key = next((k for k in MESH_SPLIT_KEYS if k in rows[0]), None) if rows else None
+    if key is None:
+        raise ValueError(f"{split_csv}: a meshes split CSV needs a column named one of {MESH_SPLIT_KEYS} "
+                         f"and one named split (found {sorted(rows[0]) if rows else 'no rows'})")
+    bad = sorted({r["split"] for r in rows} - set(SPLITS))
+    if bad:
+        raise ValueError(f"{split_csv}: unknown split names {bad}; expected {SPLITS}")
+    return {r[key]: r["split"] for r in rows}
+
+
 def mesh_jobs(root, split_csv=None):
-    """Every mesh file under ``root``; split by ``split_csv`` (tag = path relative to root) or by hash."""
+    """Every mesh file under ``root``; split by ``split_csv`` (see ``mesh_split_table``) or by hash."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"meshes folder {root} does not exist")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in readers.MESH_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"no {'/'.join(readers.MESH_SUFFIXES)} files under {root}")
-    table = None
-    if split_csv is not None:
-        table = {r["id"]: r["split"] for r in readers.read_split_csv(split_csv)}
+    table = None if split_csv is None else mesh_split_table(split_csv)
     jobs = {s: [] for s in SPLITS}
     for p in files:
         rel = p.relative_to(root).as_posix()
         split = hash_split(rel) if table is None else table.get(rel, table.get(p.stem))
         if split in jobs:
             jobs[split].append({"kind": "mesh", "path": str(p), "name": rel, "category": p.parent.name})
+    if not any(jobs.values()):
+        raise ValueError(f"{split_csv}: no mesh under {root} matches a row (keys are paths relative to the "
+                         "folder, e.g. chairs/a.obj, or file stems)")
     return {s: j for s, j in jobs.items() if j}, {
         "kind": "meshes",
         "root": str(root.resolve()),

@@ -13,13 +13,17 @@ Layout of ``<split>.h5`` (R records, Nv volume points, Ns surface points, V view
     turned Y-up, = stored * scale + loc); meta/watertight (R,) bool; meta/inside_fraction (R,) float32
 
 File attributes hold the provenance: format, format_version, box (2, 3), normalisation, up_source (records
-are Y-up), split, source (JSON), camera_convention, config (JSON) and config_hash, labeller, created_utc,
-n_records. Large arrays are gzip+shuffle compressed; samples are stored in spatial order (volume: Morton
-order, so the labels compress ~15x; surface: by face or part).
+are Y-up), split, source (JSON), camera_convention, config (JSON) and config_hash, labeller, n_records, and
+``attrs_sha256``, a checksum of all the others. Every dataset is chunked (one chunk per record for the bulk
+arrays) and carries HDF5's fletcher32 checksum, so a damaged chunk raises ``CorruptFileError`` instead of
+returning wrong values; bulk arrays are also gzip+shuffle compressed; strings are stored as fixed-length
+UTF-8 bytes (chunked like the rest). Samples are stored in spatial order (volume: Morton order, so the labels
+compress ~15x; surface: by face or part). Format 1 files (no checksums) are still read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -31,8 +35,23 @@ from ..atomic import atomic_path
 from .sampling import dequantise
 
 FORMAT = "neural_parts.records"
-FORMAT_VERSION = 1
-_COMPRESS = dict(compression="gzip", compression_opts=4, shuffle=True)
+FORMAT_VERSION = 2
+_COMPRESS = dict(compression="gzip", compression_opts=4, shuffle=True, fletcher32=True)
+_CHECKED = dict(fletcher32=True)
+_DTYPES = {  # dtype and trailing shape of each dataset (-1: any size, "Nv": ...)
+    "volume/points": ("uint16", (-1, 3)),
+    "volume/labels": ("uint8", (-1,)),
+    "surface/points": ("float16", (-1, 3)),
+    "surface/normals": ("int8", (-1, 3)),
+    "surface/part_ids": ("int16", (-1,)),
+    "images": ("uint8", (-1, -1, -1, 3)),
+    "cameras/K": ("float32", (-1, 3, 3)),
+    "cameras/Rt": ("float32", (-1, 3, 4)),
+    "meta/loc": ("float64", (3,)),
+    "meta/scale": ("float64", ()),
+    "meta/watertight": ("bool", ()),
+    "meta/inside_fraction": ("float32", ()),
+}
 _BULK = (
     "volume/points",
     "volume/labels",
@@ -53,7 +72,6 @@ _META = (
     "meta/watertight",
     "meta/inside_fraction",
 )
-_STR = h5py.string_dtype()
 
 
 class CorruptFileError(OSError):
@@ -87,22 +105,26 @@ def encode(record: dict) -> dict:
     }
 
 
+def _meta_array(values: list):
+    """One meta column as a numpy array: strings as fixed-length UTF-8 bytes (covered by the checksum)."""
+    if isinstance(values[0], str):
+        encoded = [v.encode("utf-8") for v in values]
+        return np.array(encoded, dtype=f"S{max(1, max(len(e) for e in encoded))}")
+    return np.asarray(values)
+
+
 def write_records(path, records: list, attrs: dict) -> None:
     """Write prepared records to ``path`` atomically (temp file, then rename)."""
     encoded = [encode(r) for r in records]
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", libver="latest") as f:
             _set_attrs(f, attrs)
-            for key in _BULK + _META:
-                first = np.asarray(encoded[0][key]) if key in _BULK else None
-                if key in _BULK:
-                    data = np.stack([e[key] for e in encoded])
-                    f.create_dataset(key, data=data, chunks=(1,) + first.shape, **_COMPRESS)
-                else:
-                    values = [e[key] for e in encoded]
-                    f.create_dataset(
-                        key, data=np.array(values, dtype=_STR if isinstance(values[0], str) else None)
-                    )
+            for key in _BULK:
+                data = np.stack([e[key] for e in encoded])
+                f.create_dataset(key, data=data, chunks=(1,) + data.shape[1:], **_COMPRESS)
+            for key in _META:
+                data = _meta_array([e[key] for e in encoded])
+                f.create_dataset(key, data=data, chunks=data.shape or None, **_CHECKED)
 
 
 def assemble(shards: list, path, attrs: dict) -> None:
@@ -110,18 +132,14 @@ def assemble(shards: list, path, attrs: dict) -> None:
     counts = [len(H5Records(s)) for s in shards]
     total = sum(counts)
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as out:
+        with h5py.File(tmp, "w", libver="latest") as out:
             _set_attrs(out, {**attrs, "n_records": total})
             with h5py.File(shards[0], "r") as first:
-                for key in _BULK + _META:
+                for key in _BULK:
                     src = first[key]
-                    out.create_dataset(
-                        key,
-                        shape=(total,) + src.shape[1:],
-                        dtype=src.dtype,
-                        chunks=src.chunks if key in _BULK else None,
-                        **(_COMPRESS if key in _BULK else {}),
-                    )
+                    out.create_dataset(key, shape=(total,) + src.shape[1:], dtype=src.dtype, chunks=src.chunks,
+                                       **_COMPRESS)
+            metas = {key: [] for key in _META}
             row = 0
             for shard, n in zip(shards, counts, strict=True):
                 with h5py.File(shard, "r") as f:
@@ -131,15 +149,80 @@ def assemble(shards: list, path, attrs: dict) -> None:
                             mask, chunk = f[key].id.read_direct_chunk((i,) + zeros)
                             out[key].id.write_direct_chunk((row + i,) + zeros, chunk, mask)
                     for key in _META:
-                        out[key][row : row + n] = f[key][:]
+                        metas[key] += list(f[key][:])
                 row += n
+            for key, values in metas.items():
+                values = [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
+                data = _meta_array(values)
+                out.create_dataset(key, data=data, chunks=data.shape or None, **_CHECKED)
+
+
+def _jsonable(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def attrs_digest(attrs: dict) -> str:
+    """sha256 of the file attributes (all but ``attrs_sha256`` itself) in a canonical JSON form."""
+    canonical = {k: _jsonable(v) for k, v in attrs.items() if k != "attrs_sha256"}
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 
 def _set_attrs(f: h5py.File, attrs: dict) -> None:
-    f.attrs["format"] = FORMAT
-    f.attrs["format_version"] = FORMAT_VERSION
-    for k, v in attrs.items():
-        f.attrs[k] = json.dumps(v) if isinstance(v, dict) else v
+    values = {"format": FORMAT, "format_version": FORMAT_VERSION,
+              **{k: json.dumps(v) if isinstance(v, dict) else v for k, v in attrs.items()}}
+    for k, v in values.items():
+        f.attrs[k] = v
+    f.attrs["attrs_sha256"] = attrs_digest({k: f.attrs[k] for k in f.attrs})
+
+
+def decode(raw: dict, box: np.ndarray) -> dict:
+    """The stored arrays of one record (``encode``'s keys) -> the decoded record ``H5Records.read`` returns."""
+    n_vol = raw["volume/points"].shape[0]
+    normals = raw["surface/normals"].astype(np.float32)
+    normals /= np.sqrt(np.maximum(np.einsum("ij,ij->i", normals, normals), 1e-12))[:, None]
+    text = {k: (raw[k].decode() if isinstance(raw[k], bytes) else str(raw[k]))
+            for k in ("meta/name", "meta/source", "meta/category", "meta/flags")}
+    return {
+        "volume_points": dequantise(raw["volume/points"], box),
+        "volume_labels": np.unpackbits(raw["volume/labels"], count=n_vol).astype(bool),
+        "surface_points": raw["surface/points"].astype(np.float32),
+        "surface_normals": normals,
+        "surface_part_ids": raw["surface/part_ids"],
+        "images": raw["images"],
+        "camera_K": raw["cameras/K"],
+        "camera_Rt": raw["cameras/Rt"],
+        "name": text["meta/name"],
+        "source": text["meta/source"],
+        "category": text["meta/category"],
+        "flags": [s for s in text["meta/flags"].split(",") if s],
+        "loc": raw["meta/loc"],
+        "scale": float(raw["meta/scale"]),
+        "watertight": bool(raw["meta/watertight"]),
+        "inside_fraction": float(raw["meta/inside_fraction"]),
+    }
+
+
+class MemoryRecords:
+    """Prepared records (``process.make_record`` output) held in memory, read exactly as a record file
+    stores them (same quantisation); a source for ``NeuralPartsDataset`` (used by ``fit``)."""
+
+    def __init__(self, records: list, box):
+        self.box = np.asarray(box, dtype=np.float64)
+        self._raw = [encode(r) for r in records]
+        self.n_views = int(self._raw[0]["images"].shape[0]) if self._raw else 0
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def read(self, i: int, views=None) -> dict:
+        raw = self._raw[i]
+        if views is not None:
+            raw = {**raw, "images": raw["images"][list(views)]}
+        return decode(raw, self.box)
 
 
 class H5Records:
@@ -156,24 +239,62 @@ class H5Records:
         self._file = None
         self._pid = None
         f = self._handle()
-        if f.attrs.get("format") != FORMAT:
+        try:
+            self._check(f)
+        except CorruptFileError:
+            self.close()
+            raise
+        except Exception as e:  # damaged headers surface as OSError, KeyError, ValueError, RuntimeError
+            self.close()
+            raise CorruptFileError(f"{self.path}: unreadable file structure ({type(e).__name__}: {e}); the file "
+                                   "is corrupt — delete it and re-run `python -m neural_parts.prepare`") from e
+        self.close()
+
+    def _check(self, f: h5py.File) -> None:
+        """Read and verify the attributes and the datasets' dtypes and shapes."""
+        attrs = {k: f.attrs[k] for k in f.attrs}
+        if attrs.get("format") != FORMAT:
             raise CorruptFileError(
                 f"{self.path}: not a neural_parts record file (format attribute "
-                f"{f.attrs.get('format')!r}, expected {FORMAT!r})"
+                f"{attrs.get('format')!r}, expected {FORMAT!r})"
             )
-        if int(f.attrs["format_version"]) > FORMAT_VERSION:
+        version = int(attrs["format_version"])
+        if version > FORMAT_VERSION:
             raise CorruptFileError(
-                f"{self.path}: format_version {f.attrs['format_version']} is newer than "
-                f"this reader ({FORMAT_VERSION}); upgrade neural_parts"
+                f"{self.path}: format_version {version} is newer than this reader ({FORMAT_VERSION}); "
+                "upgrade neural_parts"
             )
+        if version >= 2 and attrs.get("attrs_sha256") != attrs_digest(attrs):
+            raise CorruptFileError(f"{self.path}: the file attributes do not match their checksum; the file is "
+                                   "corrupt — delete it and re-run `python -m neural_parts.prepare`")
         missing = [k for k in _BULK + _META if k not in f]
         if missing:
             raise CorruptFileError(f"{self.path}: missing datasets {missing}; re-run prepare")
-        self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        n = int(f["volume/points"].shape[0])
+        for key in _BULK + _META:
+            dtype, tail = _DTYPES.get(key, (None, ()))
+            shape = f[key].shape
+            bad_dtype = dtype is not None and f[key].dtype != np.dtype(dtype)
+            bad_shape = len(shape) != 1 + len(tail) or shape[0] != n or any(
+                t != -1 and s != t for s, t in zip(shape[1:], tail))
+            if bad_dtype or bad_shape:
+                raise CorruptFileError(f"{self.path}: dataset {key} has dtype {f[key].dtype} and shape {shape}, "
+                                       f"expected {dtype or 'strings'} of shape ({n}, {', '.join(map(str, tail))})")
+        n_vol = f["volume/points"].shape[1]
+        if f["volume/labels"].shape[1] != (n_vol + 7) // 8 or f["surface/normals"].shape[1:] != \
+                f["surface/points"].shape[1:] or f["surface/part_ids"].shape[1] != f["surface/points"].shape[1]:
+            raise CorruptFileError(f"{self.path}: datasets of one record disagree in size (volume points, labels, "
+                                   "surface points, normals, part ids)")
+        if f["cameras/K"].shape[1] != f["images"].shape[1] or f["cameras/Rt"].shape[1] != f["images"].shape[1]:
+            raise CorruptFileError(f"{self.path}: cameras and images disagree in the number of views")
+        self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
         self.box = np.asarray(self.attrs["box"], dtype=np.float64)
-        self._len = int(f["volume/points"].shape[0])
+        if self.box.shape != (2, 3) or not (self.box[1] > self.box[0]).all():
+            raise CorruptFileError(f"{self.path}: box attribute {self.box.tolist()} is not (min xyz, max xyz)")
+        self._len = n
         self.n_views = int(f["images"].shape[1])
-        self.close()
+        self.n_volume = int(n_vol)
+        self.n_surface = int(f["surface/points"].shape[1])
 
     def __len__(self) -> int:
         return self._len
@@ -209,7 +330,8 @@ class H5Records:
             raw = {}
             for key in _BULK + _META:
                 if key == "images" and views is not None:
-                    raw[key] = np.stack([f[key][i, v] for v in views])
+                    raw[key] = (np.stack([f[key][i, v] for v in views]) if len(views)
+                                else np.zeros((0,) + f[key].shape[2:], dtype=np.uint8))
                 else:
                     raw[key] = f[key][i]
         except Exception as e:  # h5py raises OSError, RuntimeError or ValueError on damaged chunks
@@ -217,31 +339,7 @@ class H5Records:
                 f"{self.path}: record {i} is unreadable (dataset {key}: {e}); the file is "
                 "corrupt — delete it and re-run `python -m neural_parts.prepare`"
             ) from e
-        n_vol = raw["volume/points"].shape[0]
-        normals = raw["surface/normals"].astype(np.float32)
-        normals /= np.sqrt(np.maximum(np.einsum("ij,ij->i", normals, normals), 1e-12))[:, None]
-        text = {
-            k: (raw[k].decode() if isinstance(raw[k], bytes) else str(raw[k]))
-            for k in ("meta/name", "meta/source", "meta/category", "meta/flags")
-        }
-        return {
-            "volume_points": dequantise(raw["volume/points"], self.box),
-            "volume_labels": np.unpackbits(raw["volume/labels"], count=n_vol).astype(bool),
-            "surface_points": raw["surface/points"].astype(np.float32),
-            "surface_normals": normals,
-            "surface_part_ids": raw["surface/part_ids"],
-            "images": raw["images"],
-            "camera_K": raw["cameras/K"],
-            "camera_Rt": raw["cameras/Rt"],
-            "name": text["meta/name"],
-            "source": text["meta/source"],
-            "category": text["meta/category"],
-            "flags": [s for s in text["meta/flags"].split(",") if s],
-            "loc": raw["meta/loc"],
-            "scale": float(raw["meta/scale"]),
-            "watertight": bool(raw["meta/watertight"]),
-            "inside_fraction": float(raw["meta/inside_fraction"]),
-        }
+        return decode(raw, self.box)
 
     def categories(self) -> np.ndarray:
         """Category of every record, (R,) str."""

@@ -1,5 +1,5 @@
 """Model components: encoder, conditional invertible network, the Neural Parts model."""
-from .checkpoints import load_authors_state_dict
+from .authors_weights import load_authors_state_dict
 from .encoders import FrozenBatchNorm2d, ResNet18
 from .invertible import ConditionalNVP, CouplingLayer, ProjectionLayer
 from .neural_parts import NeuralParts

@@ -90,7 +90,14 @@ class ResNet18(nn.Module):
             path = Path(source)
             if not path.is_file():
                 raise FileNotFoundError(f"encoder weights not found: {path}")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001 (text, pickled code, truncated zip: all unusable files)
+                raise ValueError(f"{path}: not a readable torch state dict ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(f"{source}: expected a state dict of tensors (torchvision resnet18), "
+                             f"got {type(state).__name__}")
         skipped = sorted(k for k in state if k.startswith("fc."))
         trunk = {k: v for k, v in state.items() if not k.startswith("fc.")}
         expected = {k for k in self.state_dict() if not k.startswith("fc.")}

@@ -1,6 +1,8 @@
 """The Neural Parts model: image -> per-primitive conditions -> primitives."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
@@ -45,6 +47,7 @@ class NeuralParts(nn.Module):
             raise ValueError(f"n_primitives must be >= 1, got {n_primitives}")
         self.radius = radius
         self.n_primitives = n_primitives
+        self.amp_encoder = False
         if encoder == "resnet18":
             self.feature_extractor = ResNet18(feature_size, freeze_bn)
         elif encoder == "latent":
@@ -62,6 +65,19 @@ class NeuralParts(nn.Module):
         else:
             raise ValueError(f"unknown network {network!r}; expected 'simple_nvp' or 'atlasnet'")
 
+    @classmethod
+    def from_config(cls, cfg, n_shapes: int | None = None) -> NeuralParts:
+        """A model with random weights from a ``config.Config`` (``n_shapes`` for the latent encoder)."""
+        fe, inn = cfg.feature_extractor, cfg.invertible_network
+        model = cls(n_primitives=cfg.network.n_primitives, feature_size=fe.feature_size,
+                    hidden_size=inn.hidden_size, proj_dims=cfg.projection_layer.proj_dims, n_layers=inn.n_blocks,
+                    radius=cfg.network.sphere_radius, encoder=fe.type, freeze_bn=fe.freeze_bn,
+                    normalize=inn.normalize, explicit_affine=inn.explicit_affine, n_shapes=n_shapes,
+                    network=inn.type)
+        model.kernel_backend = cfg.runtime.kernel_backend
+        model.amp_encoder = cfg.runtime.amp_encoder
+        return model
+
     @property
     def kernel_backend(self) -> str:
         return self.invertible_network.kernel_backend
@@ -70,6 +86,10 @@ class NeuralParts(nn.Module):
     def kernel_backend(self, value: str) -> None:
         self.invertible_network.kernel_backend = value
 
+    def inputs(self, batch: dict) -> Tensor:
+        """What ``forward`` takes from a data batch: images (B, 3, H, W), or shape indices (B,) (latent)."""
+        return batch["index"] if isinstance(self.feature_extractor, LatentEncoder) else batch["image"]
+
     def conditions(self, features: Tensor) -> Tensor:
         """C_m = [feature, embedding_m]: features (B, F) -> (B, M, 2F)."""
         B = features.shape[0]
@@ -77,8 +97,15 @@ class NeuralParts(nn.Module):
         return torch.cat([features[:, None].expand(-1, self.n_primitives, -1), emb], dim=-1)
 
     def forward(self, inputs: Tensor) -> Primitives:
-        """inputs: images (B, 3, H, W) ImageNet-normalised, or shape indices (B,) for the latent encoder."""
-        cond = self.conditions(self.feature_extractor(inputs))
+        """inputs: images (B, 3, H, W) ImageNet-normalised, or shape indices (B,) for the latent encoder.
+
+        With ``amp_encoder`` (CUDA inputs only) the image encoder runs under bf16 autocast; the
+        invertible network always runs in the parameters' dtype.
+        """
+        use_amp = self.amp_encoder and inputs.is_cuda
+        with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext():
+            features = self.feature_extractor(inputs)
+        cond = self.conditions(features.to(self.primitive_embedding.dtype))
         return Primitives(cond, self.invertible_network.affine(cond), self.invertible_network, self.radius)
 
     @torch.no_grad()

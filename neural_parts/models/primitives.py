@@ -76,7 +76,7 @@ class Primitives:
 
     def export(self, out_dir, min_vertices: int = 5000, coloured: str = "ply") -> list:
         """Write part_000.obj ... and a coloured parts.<ply|glb> of batch element 0; returns the paths."""
-        from ..api import export_parts
+        from ..export import export_parts
 
         return export_parts(self, out_dir, min_vertices, coloured)
 

@@ -7,17 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from neural_parts import api
 from neural_parts.checkpoint import (
     CheckpointError,
     atomic_save,
     load_checkpoint,
+    load_model,
     load_model_state,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
 from neural_parts.config import load_config
+from neural_parts.models import NeuralParts
 
 SMALL = ["network.n_primitives=2", "feature_extractor.feature_size=8", "invertible_network.hidden_size=16",
          "projection_layer.proj_dims=8"]
@@ -25,7 +26,7 @@ SMALL = ["network.n_primitives=2", "feature_extractor.feature_size=8", "invertib
 
 def _model(extra=()):
     cfg = load_config("fit", [*SMALL, *extra])
-    return cfg, api.build_model(cfg, n_shapes=1)
+    return cfg, NeuralParts.from_config(cfg, n_shapes=1)
 
 
 def test_checkpoint_round_trip_with_weights_only(tmp_path):
@@ -33,8 +34,8 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
     opt = torch.optim.Adam(model.parameters())
     save_checkpoint(tmp_path / "c.pt", model=model, config=cfg, step=7, optimizer=opt, metrics={"best_iou": 0.5})
     raw = torch.load(tmp_path / "c.pt", weights_only=True)  # no pickled code needed
-    assert raw["step"] == 7 and raw["config"] == cfg
-    loaded = api.load(tmp_path / "c.pt")
+    assert raw["step"] == 7 and raw["config"] == cfg.to_dict()
+    loaded = load_model(tmp_path / "c.pt")
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
     assert loaded.step == 7 and not loaded.training
@@ -88,7 +89,7 @@ def test_mismatched_model_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="missing keys: primitive_embedding; unexpected keys: extra.weight"):
         load_model_state(model, state)
     # a checkpoint whose config disagrees with its weights is refused, never loaded partially
-    save_checkpoint(tmp_path / "c.pt", model=model, config={**cfg, "network": {**cfg["network"], "n_primitives": 3}},
+    save_checkpoint(tmp_path / "c.pt", model=model, config=cfg.replace(["network.n_primitives=3"]),
                     step=1)
     with pytest.raises(CheckpointError, match="does not match the model"):
-        api.load(tmp_path / "c.pt")
+        load_model(tmp_path / "c.pt")

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
-from neural_parts import api, engine
+from neural_parts import engine
 from neural_parts.config import load_config
+from neural_parts.models import NeuralParts
 from neural_parts.objective import compute_losses
 
 SMALL = ["network.n_primitives=2", "feature_extractor.feature_size=8", "invertible_network.hidden_size=16",
@@ -25,18 +27,18 @@ def _batch(seed: int, index: int) -> dict:
 def test_aggregate_sums_gradients_and_clips_after_every_backward():
     cfg = load_config("fit", SMALL)
     torch.manual_seed(0)
-    model = api.build_model(cfg, n_shapes=2)
+    model = NeuralParts.from_config(cfg, n_shapes=2)
     reference = copy.deepcopy(model)
     batches = [_batch(1, 0), _batch(2, 1)]
 
     torch.manual_seed(5)  # the sphere draws of compute_losses come from the global generator
-    engine.Trainer(model, torch.optim.SGD(model.parameters(), lr=1.0), engine.loss_config(cfg),
+    engine.Trainer(model, torch.optim.SGD(model.parameters(), lr=1.0), cfg.loss,
                    clip=0.05).step(batches)
 
     torch.manual_seed(5)
     params = list(reference.parameters())
     for batch in batches:  # the authors' train_on_batch: clip(clip(g1) + g2)
-        compute_losses(reference(batch["index"]), batch, engine.loss_config(cfg))["total"].backward()
+        compute_losses(reference(batch["index"]), batch, cfg.loss)["total"].backward()
         norm = torch.nn.utils.clip_grad_norm_(params, 0.05)
         assert norm > 0.05  # the clip is active, so its placement matters
     with torch.no_grad():
@@ -53,3 +55,40 @@ def test_adam_and_radam_come_from_torch_optim():
     cfg = load_config("shapenet_5", ["feature_extractor.weights=none"])
     opt = engine.make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
     assert type(opt) is torch.optim.Adam and opt.defaults["lr"] == 5e-5
+
+
+def test_a_non_finite_batch_is_not_applied_to_the_weights():
+    cfg = load_config("fit", SMALL)
+    torch.manual_seed(0)
+    model = NeuralParts.from_config(cfg, n_shapes=2)
+    before = copy.deepcopy(model.state_dict())
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    trainer = engine.Trainer(model, optimizer, cfg.loss, clip=1.0, max_nonfinite=3)
+    bad = _batch(1, 0)
+    bad["volume_weights"][0, 5] = float("nan")  # a NaN loss (NaN points are refused by the knn op)
+    values = trainer.step([bad])
+    assert values["skipped"] == 1.0 and trainer.skipped == 1 and not optimizer.state  # Adam never stepped
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert trainer.step([_batch(2, 1)])["skipped"] == 0.0  # a good batch trains again
+    assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    trainer.step([bad])
+    trainer.step([bad])
+    with pytest.raises(FloatingPointError, match="not finite in 3 updates in a row"):
+        trainer.step([bad])
+
+
+def test_batches_of_a_resumed_stream_are_those_of_the_uninterrupted_one(tmp_path):
+    from neural_parts.data import NeuralPartsDataset, prepare_synthetic
+
+    prepare_synthetic(tmp_path, n_train=5, n_val=0, n_test=0, workers=1, progress=False, n_volume=2000,
+                      n_surface=1000, image_size=16)
+    dataset = NeuralPartsDataset(tmp_path / "train.h5", n_volume=64, n_surface=32, image_size=16, seed=3)
+    straight = engine.infinite_batches(dataset, 2, seed=3)
+    expected = [next(straight) for _ in range(7)]  # 2 batches per epoch: crosses three epochs
+    resumed = engine.infinite_batches(dataset, 2, seed=3, start=3)
+    for want in expected[3:]:
+        got = next(resumed)
+        for key in want:
+            assert torch.equal(want[key], got[key]), key
+    assert not torch.equal(expected[0]["volume_points"], expected[2]["volume_points"])  # epochs differ

@@ -57,3 +57,27 @@ def test_evaluate_errors(tmp_path, trained_run, dataset, env):
     assert bad_shard.returncode == 2 and "--shard" in bad_shard.stderr
     for proc in (missing, no_ckpt, bad_shard):
         assert "Traceback" not in proc.stderr
+
+
+def test_a_torn_csv_line_is_dropped_and_rows_are_appended(tmp_path):
+    from neural_parts import evaluate
+
+    path = tmp_path / "e.csv"
+    rows = [{c: (str(i) if c == "index" else "0.5") for c in evaluate.COLUMNS} for i in range(3)]
+    evaluate.write_rows(path, rows[:2])
+    evaluate.append_row(path, rows[2])
+    assert [r["index"] for r in evaluate.read_rows(path)] == ["0", "1", "2"]
+    path.write_text(path.read_text() + "3,shape_3,hum")  # a kill in the middle of an append
+    assert [r["index"] for r in evaluate.read_rows(path)] == ["0", "1", "2"]
+
+
+def test_evaluate_the_constant_shape_baseline(tmp_path, dataset, env):
+    out = tmp_path / "floor.csv"
+    proc = run_cli("evaluate", "--baseline", "constant", "--data", dataset / "test.h5", "--output", out,
+                   "--n-points", 2000, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "the constant shape on" in proc.stderr
+    rows = _rows(out)
+    assert len(rows) == 3 and all(0 <= float(r["iou"]) <= 1 and float(r["chamfer_l1"]) > 0 for r in rows)
+    both = run_cli("evaluate", dataset, "--baseline", "constant", "--data", dataset / "test.h5", env=env)
+    assert both.returncode == 2 and "not both" in both.stderr

@@ -6,7 +6,7 @@ import json
 import pytest
 from command_helpers import MESHES, run_cli
 
-from neural_parts import api
+from neural_parts import load
 
 
 @pytest.mark.needs_shared
@@ -24,7 +24,7 @@ def test_fit_sphere_reports_metrics_and_exports(tmp_path, env):
     assert 0 <= metrics["iou"] <= 1 and metrics["chamfer_l1"] > 0 and metrics["steps"] == 3
     assert "IoU" in proc.stdout and "Chamfer-L1" in proc.stdout
     assert {p.name for p in out.iterdir()} >= {"part_000.obj", "part_001.obj", "parts.ply", "preview.png", "fit.pt"}
-    model = api.load(out / "fit.pt")
+    model = load(out / "fit.pt")
     assert model.n_primitives == 2 and model.step == 3
 
 
@@ -35,3 +35,17 @@ def test_fit_errors(tmp_path, env):
     not_mesh.write_text("this is not a mesh\n")
     bad = run_cli("fit", not_mesh, "--steps", 1, env=env)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+
+
+def test_fit_refuses_nan_vertices_and_unwritable_output_before_training(tmp_path, env):
+    mesh = tmp_path / "nan.obj"
+    mesh.write_text("v 0 0 0\nv 1 0 0\nv nan 1 0\nv 0 0 1\nf 1 2 3\nf 1 3 4\nf 1 4 2\nf 2 4 3\n")
+    proc = run_cli("fit", mesh, "--steps", 1, "--output", tmp_path / "o", env=env)
+    assert proc.returncode == 2 and "non-finite vertex coordinates" in proc.stderr and "Traceback" not in proc.stderr
+    good = tmp_path / "tet.obj"
+    good.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 3 2\nf 1 2 4\nf 1 4 3\nf 2 3 4\n")
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file where the output folder should go")
+    proc = run_cli("fit", good, "--steps", 100000, "--output", blocker, env=env, timeout=60)
+    assert proc.returncode == 2 and "exists and is not a folder" in proc.stderr
+    assert "faces, inside fraction" not in proc.stderr  # refused before sampling, let alone training

@@ -8,6 +8,7 @@ from command_helpers import run_cli
 from PIL import Image
 
 from neural_parts.data import H5Records
+from neural_parts.preview import TITLE_HEIGHT
 
 
 def test_reconstruct_record_writes_parts_and_preview(tmp_path, trained_run, dataset, env):
@@ -23,7 +24,7 @@ def test_reconstruct_record_writes_parts_and_preview(tmp_path, trained_run, data
     coloured = trimesh.load(out / "parts.ply", process=False)
     assert len(np.unique(coloured.visual.vertex_colors[:, :3], axis=0)) == 2
     with Image.open(out / "preview.png") as im:
-        assert im.size == (3 * 256, 256)
+        assert im.size == (3 * 256, 256 + TITLE_HEIGHT)
         pixels = np.asarray(im.convert("RGB"))
     assert (pixels[:, 256:] != 255).any(), "the primitives are not visible in the preview"
     assert "union mesh" in proc.stdout
@@ -51,20 +52,21 @@ def test_reconstruct_input_errors(tmp_path, trained_run, dataset, env, make_inpu
 def test_union_mesh_is_watertight_and_matches_the_implicit():
     import torch
 
-    from neural_parts import api
     from neural_parts.config import load_config
+    from neural_parts.meshing import union_mesh
+    from neural_parts.models import NeuralParts
 
     torch.manual_seed(0)
     cfg = load_config("fit", ["network.n_primitives=2", "invertible_network.hidden_size=16",
                               "projection_layer.proj_dims=8", "feature_extractor.feature_size=8"])
-    model = api.build_model(cfg, n_shapes=1)
+    model = NeuralParts.from_config(cfg, n_shapes=1)
     prims = model.predict(torch.zeros(1, dtype=torch.long))
-    verts, faces = api.union_mesh(prims, resolution=16, levels=1)
+    verts, faces = union_mesh(prims, resolution=16, levels=1)
     mesh = trimesh.Trimesh(verts, faces, process=True)
     assert mesh.is_watertight and mesh.volume > 0
     interior = np.abs(verts).max(1) < 0.54  # away from the box faces, where the padding closes the mesh
     with torch.no_grad():
         g = prims.implicit(torch.as_tensor(verts[interior], dtype=torch.float32)[None]).value
     assert g.abs().max() < 0.02  # on G = 0 up to the grid's interpolation error
-    full_v, _ = api.union_mesh(prims, resolution=32, levels=0)  # refining only near the surface loses nothing
+    full_v, _ = union_mesh(prims, resolution=32, levels=0)  # refining only near the surface loses nothing
     assert len(full_v) == len(verts) and np.allclose(np.sort(full_v, 0), np.sort(verts, 0), atol=2e-3)

@@ -14,6 +14,8 @@ import yaml
 from command_helpers import TINY, run_cli, sets
 from PIL import Image
 
+from neural_parts.preview import TITLE_HEIGHT
+
 
 def test_train_writes_the_run_folder(trained_run):
     names = {p.name for p in trained_run.iterdir()}
@@ -25,6 +27,8 @@ def test_train_writes_the_run_folder(trained_run):
     train_steps = [r["step"] for r in rows if r["split"] == "train"]
     val_steps = [r["step"] for r in rows if r["split"] == "val"]
     assert train_steps == [1, 2, 3, 4] and val_steps == [0, 2, 4]
+    floor = [r for r in rows if r["split"] == "floor"]
+    assert len(floor) == 1 and 0 <= floor[0]["iou"] <= 1  # the constant-shape floor, logged once
     assert all(0 <= r["iou"] <= 1 for r in rows) and all(r["total"] > 0 for r in rows if r["split"] == "train")
     last = torch.load(trained_run / "last.pt", weights_only=True)
     assert last["step"] == 4 and set(last) >= {"model", "optimizer", "config", "rng", "metrics"}
@@ -33,7 +37,7 @@ def test_train_writes_the_run_folder(trained_run):
     log = (trained_run / "train.log").read_text()
     assert "device: cpu" in log and "kernel backend" in log and "float32 matmul precision" in log
     with Image.open(trained_run / "preview.png") as im:
-        assert im.size[0] == 3 * im.size[1]  # one shape: input, two views of the primitives
+        assert im.size[0] == 3 * (im.size[1] - TITLE_HEIGHT)  # one shape: input, two views of the primitives
 
 
 def test_resume_after_sigkill_loses_at_most_one_interval(tmp_path, dataset, env):
@@ -59,7 +63,46 @@ def test_resume_after_sigkill_loses_at_most_one_interval(tmp_path, dataset, env)
     assert f"resumed {out / 'last.pt'} at step {saved}" in resumed.stdout
     assert torch.load(out / "last.pt", weights_only=True)["step"] == saved + 2
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if r["split"] == "train"][-2:] == [saved + 1, saved + 2]
+    train_steps = [r["step"] for r in rows if r["split"] == "train"]
+    assert train_steps == list(range(1, saved + 3))  # the steps after the checkpoint are logged once
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, trained_run, dataset, env):
+    """Stopping after 2 updates and resuming to 4 gives the weights of the 4-update run: the same batches,
+    point draws and sphere samples (trained_run: 4 updates, checkpoints and validation every 2)."""
+    out = tmp_path / "split"
+    args = ["-q", *sets(*TINY, f"data.dataset={dataset}", "training.checkpoint_every=2", "validation.every_steps=2")]
+    first = run_cli("train", "--output", out, "--max-steps", 2, *args, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_cli("train", "--resume", out, "--max-steps", 4, "-q", env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    resumed = torch.load(out / "last.pt", weights_only=True)["model"]
+    straight = torch.load(trained_run / "last.pt", weights_only=True)["model"]
+    for name, value in straight.items():
+        assert torch.equal(value, resumed[name]), name
+
+
+def test_best_iou_survives_a_kill_between_best_and_last(tmp_path):
+    """best.pt may be newer than last.pt (validation improved, then the run died): a resumed run keeps
+    best.pt's IoU and so never overwrites it with a worse model."""
+    from neural_parts.checkpoint import load_checkpoint, save_checkpoint
+    from neural_parts.config import load_config
+    from neural_parts.models import NeuralParts
+    from neural_parts.train import _best_iou
+
+    cfg = load_config("fit", ["network.n_primitives=1", "invertible_network.hidden_size=8",
+                              "projection_layer.proj_dims=4", "feature_extractor.feature_size=4"])
+    model = NeuralParts.from_config(cfg, n_shapes=1)
+    save_checkpoint(tmp_path / "best.pt", model=model, config=cfg, step=7, metrics={"best_iou": 0.6})
+    save_checkpoint(tmp_path / "last.pt", model=model, config=cfg, step=6, metrics={"best_iou": 0.4})
+    assert _best_iou(tmp_path, load_checkpoint(tmp_path / "last.pt")) == 0.6
+
+
+def test_checkpoints_are_written_after_that_step_s_validation(trained_run):
+    rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    best_by_2 = max(r["iou"] for r in rows if r["split"] == "val" and r["step"] <= 2)
+    step_2 = torch.load(trained_run / "step_2.pt", weights_only=True)
+    assert abs(step_2["metrics"]["best_iou"] - best_by_2) < 1e-6
 
 
 def test_cli_user_error_exits_2_with_one_line(tmp_path, env):
@@ -68,9 +111,15 @@ def test_cli_user_error_exits_2_with_one_line(tmp_path, env):
     assert proc.stderr.strip() == "train: error: unknown config key 'training.lrr'; did you mean 'training.lr'?"
 
 
-def test_user_errors(tmp_path, trained_run, capsys):
+def test_user_errors(tmp_path, trained_run, dataset, capsys):
+    import pickle
+
     from neural_parts.train import main
 
+    text_weights = tmp_path / "weights.txt"
+    text_weights.write_text("not weights\n")
+    pickled_weights = tmp_path / "weights.pkl"
+    pickled_weights.write_bytes(pickle.dumps({"conv1.weight": [1, 2, 3]}))
     bad = tmp_path / "bad.yaml"
     bad.write_text("training: {lr: [1, 2\n")
     out = ["--output", str(tmp_path / "out")]
@@ -82,6 +131,14 @@ def test_user_errors(tmp_path, trained_run, capsys):
         (["--output", str(trained_run)], "already holds a run"),
         ([*out, "--set", "data.dataset=/nonexistent/folder"], "dataset files not found"),
         ([*out, "--config", "dfaust_6"], "expects pretrained encoder weights"),
+        ([*out, "--device", "tpu"], "device 'tpu' is not"),
+        ([*out, "--max-steps", "-5"], "'training.max_steps' must be >= 0"),
+        ([*out, "--set", "loss.sharpness=-5"], "'loss.sharpness' must be positive"),
+        ([*out, "--set", "training.lr=inf"], "'training.lr' must be a finite number"),
+        ([*out, "--set", f"feature_extractor.weights={text_weights}"], "not a readable torch state dict"),
+        ([*out, "--set", f"feature_extractor.weights={pickled_weights}"], "not a readable torch state dict"),
+        ([*out, "--set", f"data.dataset={dataset}", "--set", "data.n_points_on_mesh=1000000"],
+         "surface points, fewer than the 1000000 requested"),
     ]
     for args, message in cases:
         assert main(args) == 2, args

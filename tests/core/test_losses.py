@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from neural_parts import losses
 from neural_parts.models import NeuralParts
-from neural_parts.objective import LossConfig, compute_losses, euclidean_implicit, surface_normals
+from neural_parts.config import ConfigError, LossConfig
+from neural_parts.objective import compute_losses, euclidean_implicit, surface_normals
 
 
 def test_chamfer_loss_hand_computed():
@@ -103,5 +104,5 @@ def test_objective_terms_weights_and_skipping():
     chamfer_only = LossConfig(weights={"chamfer": 1.0}, n_points_on_sphere=16, union_surface=False)
     out = compute_losses(model(torch.tensor([0, 1])), batch, chamfer_only)
     assert set(out) == {"chamfer", "total"}
-    with pytest.raises(ValueError, match="unknown loss terms"):
+    with pytest.raises(ConfigError, match="unknown loss term"):
         LossConfig(weights={"edges": 1.0})

@@ -151,7 +151,8 @@ def test_atlasnet_ablation_maps_sphere_and_labels_by_containment():
 
 
 def test_atlasnet_training_step_learns_through_forward_map():
-    from neural_parts.objective import LossConfig, compute_losses
+    from neural_parts.config import LossConfig
+    from neural_parts.objective import compute_losses
 
     torch.manual_seed(0)
     model = NeuralParts(n_primitives=2, feature_size=8, encoder="latent", n_shapes=1, network="atlasnet")
@@ -163,3 +164,32 @@ def test_atlasnet_training_step_learns_through_forward_map():
     out = compute_losses(model(torch.tensor([0])), batch, cfg)
     out["total"].backward()
     assert model.invertible_network.linear_layers[0].weight.grad.abs().sum() > 0
+
+
+def test_atlasnet_implicit_leaves_batchnorm_alone_and_meshes_the_trained_surface():
+    """The containment mesh is the icosphere mapped with the BatchNorm statistics of the training forward
+    (the surface the losses saw); computing it moves no running statistic."""
+    from neural_parts.geometry import icosphere
+
+    torch.manual_seed(0)
+    model = NeuralParts(n_primitives=2, feature_size=8, encoder="latent", n_shapes=1, network="atlasnet").train()
+    net = model.invertible_network
+    prims = model(torch.tensor([0]))
+    z = prims.sample_sphere(64)
+    prims.to_world(z)  # the training forward
+    stats = [(bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked)) for bn in net.batch_norms]
+    x = torch.rand(1, 300, 3) * 2 - 1
+    g = prims.implicit(x, per_primitive=True).per_primitive
+    for bn, (mean, var, n) in zip(net.batch_norms, stats):
+        assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
+        assert int(bn.num_batches_tracked) == n
+    # the same mesh by hand: the icosphere goes through the MLP with the training batch's statistics
+    v, faces = icosphere(net.mesh_vertices, net.radius)
+    verts = net._map(v[None, :, None].expand(1, -1, 2, -1), prims.cond, fixed=net._trained_stats)
+    from npkernels import inside_mesh
+    for m in range(2):
+        inside = inside_mesh(verts[0, :, m].detach(), faces, x[0])
+        assert torch.equal(g[0, :, m] < 0, inside)
+    batch_stats = net._trained_stats[0]
+    first = net.map_to_feature_dims(z.permute(0, 2, 3, 1).reshape(2, 3, 64)) + prims.cond.reshape(2, -1, 1)
+    torch.testing.assert_close(batch_stats[0], first.mean((0, 2)))

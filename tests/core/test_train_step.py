@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from neural_parts.models import NeuralParts
-from neural_parts.objective import LossConfig, compute_losses
+from neural_parts.config import LossConfig
+from neural_parts.objective import compute_losses
 
 
 def test_full_training_step_updates_every_trained_parameter():

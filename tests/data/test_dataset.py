@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from neural_parts.data import NeuralPartsDataset
-from neural_parts.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from neural_parts.data.images import IMAGENET_MEAN, IMAGENET_STD
 
 
 def test_item_contents(synthetic_dir):

@@ -11,7 +11,7 @@ import pytest
 from neural_parts.data import H5Records, NeuralPartsDataset, build, synthetic
 from neural_parts.data.process import RecordConfig, is_watertight, make_record, normalise
 from neural_parts.data.synthetic import ellipsoid
-from neural_parts.prepare import main
+from neural_parts.prepare import main, prepare
 
 
 def _load(path):
@@ -122,7 +122,7 @@ def test_meshes_folder_flags_or_skips_open_meshes(shared_meshes, tmp_path, polic
     with open(src / "splits.csv", "w", newline="") as fh:
         csv.writer(fh).writerows([*splits.items(), ("broken.obj", "test")])
     out = tmp_path / "out"
-    s = main(
+    s = prepare(
         [
             "meshes",
             str(src),
@@ -154,9 +154,8 @@ def test_meshes_folder_all_skipped_is_an_error(tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.obj").write_text("v 0 0 0\n")
-    with pytest.raises(SystemExit) as exc:
-        main(["meshes", str(src), "--output", str(tmp_path / "out"), *SMALL_ARGS])
-    assert exc.value.code == 2 and "every record was skipped" in capsys.readouterr().err
+    code = main(["meshes", str(src), "--output", str(tmp_path / "out"), *SMALL_ARGS])
+    assert code == 2 and "every record was skipped" in capsys.readouterr().err
 
 
 def test_dfaust_from_registrations(shared_meshes, tmp_path, capsys):
@@ -180,7 +179,7 @@ def test_dfaust_from_registrations(shared_meshes, tmp_path, capsys):
     with open(split_csv, "w", newline="") as fh:
         csv.writer(fh).writerows([("id", "model_id", "split"), *rows])
     out = tmp_path / "dfaust"
-    s = main(
+    s = prepare(
         [
             "dfaust",
             str(reg),
@@ -200,9 +199,9 @@ def test_dfaust_from_registrations(shared_meshes, tmp_path, capsys):
     assert rec["name"] == "50004_jump:00002" and rec["category"] == "human"
     extent = rec["surface_points"].max(axis=0) - rec["surface_points"].min(axis=0)
     assert extent.argmax() == 1  # Z-up source stored Y-up: the body's height is along Y
-    with pytest.raises(SystemExit) as exc:  # the default drops frames 0-19: nothing left
-        main(["dfaust", str(reg), "--splits", str(split_csv), "--output", str(tmp_path / "d2"), *SMALL_ARGS])
-    assert exc.value.code == 2 and "no frames >= 20" in capsys.readouterr().err
+    # the default drops frames 0-19: nothing left
+    code = main(["dfaust", str(reg), "--splits", str(split_csv), "--output", str(tmp_path / "d2"), *SMALL_ARGS])
+    assert code == 2 and "no frames >= 20" in capsys.readouterr().err
 
 
 def _fake_onet(root, rng):
@@ -246,13 +245,15 @@ def test_shapenet_from_onet_folder(tmp_path):
     root = tmp_path / "ShapeNet"
     _fake_onet(root, np.random.default_rng(0))
     out = tmp_path / "out"
-    s = main(["shapenet", str(root), "--output", str(out), "--views", "2", *SMALL_ARGS])
+    s = prepare(["shapenet", str(root), "--output", str(out), "--views", "2", *SMALL_ARGS])
     assert {k: v["records"] for k, v in s["splits"].items()} == {"train": 2, "val": 1, "test": 2}
     rec = H5Records(out / "train.h5").read(1)
     assert rec["name"] == "03001627:model1" and rec["images"].shape == (2, 64, 64, 3)
     r = np.linalg.norm(rec["volume_points"], axis=1)
     assert np.array_equal(rec["volume_labels"][np.abs(r - 0.3) > 1e-3], r[np.abs(r - 0.3) > 1e-3] < 0.3)
-    assert np.allclose(rec["camera_K"][1], np.eye(3) * 2)
+    # ONet's K maps to pixels of the 137 x 137 render: rows 0 and 1 follow the resize to 64 x 64
+    assert np.allclose(rec["camera_K"][1], np.diag([2 * 64 / 137, 2 * 64 / 137, 2]), atol=1e-6)
+    assert np.allclose(rec["camera_K"][0], np.diag([64 / 137, 64 / 137, 1]), atol=1e-6)
     meshed = H5Records(out / "test.h5").read(1)  # model9: labelled from its mesh
     r = np.linalg.norm(meshed["volume_points"] * meshed["scale"] + meshed["loc"], axis=1)
     clear = (r < 0.285) | (r > 0.3)  # outside the band between the inscribed polyhedron and the sphere
@@ -260,6 +261,20 @@ def test_shapenet_from_onet_folder(tmp_path):
         np.array_equal(meshed["volume_labels"][clear], r[clear] < 0.3)
         and meshed["volume_labels"].mean() > 0.01
     )
+
+
+def test_onet_float16_points_get_the_onet_jitter(tmp_path):
+    """ONet's loader adds 1e-4 Gaussian noise to float16 points (the grid of float16 values would otherwise
+    show); the import and the in-place reader do too, reproducibly, and never push a point out of the box."""
+    from neural_parts.data.readers import ONetShapeNet
+
+    root = tmp_path / "ShapeNet"
+    _fake_onet(root, np.random.default_rng(1))
+    stored = np.load(root / "03001627" / "model0" / "points.npz")["points"].astype(np.float64)
+    read = ONetShapeNet(root, "train").read(0)["volume_points"].astype(np.float64)
+    noise = read - stored
+    assert 0.5e-4 < noise.std() < 2e-4 and np.abs(noise).max() < 1e-3
+    assert np.array_equal(read, ONetShapeNet(root, "train").read(0)["volume_points"])  # a fixed draw
 
 
 def test_onet_folder_loads_in_place(tmp_path):

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from neural_parts.prepare import main
+from neural_parts.prepare import main, prepare
 
 REPO = Path(__file__).resolve().parents[2]
 ARGS = [
@@ -64,11 +64,11 @@ def test_resume_after_sigkill(tmp_path):
     done_before = len(list((killed / "train.parts").glob("[0-9]*.json")))
     assert 1 <= done_before < 16
 
-    summary = main([*ARGS, "--output", str(killed)])
+    summary = prepare([*ARGS, "--output", str(killed)])
     assert summary["built_records"] == 32 - 2 * done_before  # finished shards were not rebuilt
     assert summary["splits"]["train"]["records"] == 32 and not (killed / "train.parts").exists()
 
-    main([*ARGS, "--output", str(tmp_path / "clean"), "--workers", "2"])  # and in parallel: the same result
+    prepare([*ARGS, "--output", str(tmp_path / "clean"), "--workers", "2"])  # and in parallel: the same result
     a, b = _datasets(killed / "train.h5"), _datasets(tmp_path / "clean" / "train.h5")
     assert a.keys() == b.keys()
     for key in a:
