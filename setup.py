@@ -10,6 +10,7 @@ import runpy
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+MIN_TRITON = ".".join(map(str, runpy.run_path(os.path.join(HERE, "npkernels", "_settings.py"))["MIN_TRITON"]))
 
 
 def extension_build():
@@ -33,7 +34,7 @@ setup(
     description="Neural Parts (CVPR 2021): fast, faithful re-implementation with Triton/CUDA kernels",
     license="MIT",
     packages=find_packages(include=["neural_parts", "neural_parts.*", "npkernels", "npkernels.*"]),
-    package_data={"neural_parts": ["configs/*.yaml"]},
+    package_data={"neural_parts": ["configs/*.yaml", "viewer/*.js", "viewer/*.css", "viewer/*.html"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
@@ -49,12 +50,15 @@ setup(
         "embreex; platform_machine == 'x86_64'",
     ],
     extras_require={
-        "triton": ["triton>=3.2; platform_system == 'Linux'"],
+        "triton": [f"triton>={MIN_TRITON}; platform_system == 'Linux'"],
+        "humans": ["anny"],  # the built-in Anny humans dataset (prepare humans; the default run)
         "dev": [
+            "anny",
             "pytest",
             "pytest-benchmark",
             "triton==3.6.0; platform_system == 'Linux'",
             "libigl",
+            "selenium",  # the browser tests of the viewer and reports (with Debian's chromium + chromium-driver)
         ],
     },
     ext_modules=ext_modules,

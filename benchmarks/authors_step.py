@@ -16,8 +16,14 @@ from neural_parts.config import LossConfig
 from npkernels.coupling import naive
 
 
-def authors_total_loss(model, inputs, batch, cfg: LossConfig, generator=None) -> torch.Tensor:
-    """Weighted sum of the five terms, official formulation. batch as for compute_losses."""
+def authors_total_loss(model, inputs, batch, cfg: LossConfig, generator=None, maps=None) -> torch.Tensor:
+    """Weighted sum of the five terms, official formulation. batch as for compute_losses.
+
+    maps: optional (inverse, forward) replacing ``naive.coupling_inverse`` / ``coupling_forward`` in every
+    pass but the normal term's, whose second order always runs them eagerly (torch.compile'd maps
+    have no double backward).
+    """
+    inverse, forward = maps or (naive.coupling_inverse, naive.coupling_forward)
     net = model.invertible_network
     w = net.weights()
     cond = model.conditions(model.feature_extractor(inputs))
@@ -27,19 +33,19 @@ def authors_total_loss(model, inputs, batch, cfg: LossConfig, generator=None) ->
     x = batch["volume_points"]
     p = batch["surface_points"].detach().requires_grad_(True)
 
-    def g(points):  # (B, N, 3) -> (B, N, M), graph kept
-        return torch.linalg.vector_norm(naive.coupling_inverse(points, cond, w, affine), dim=-1) - r
+    def g(points, inverse=inverse):  # (B, N, 3) -> (B, N, M), graph kept
+        return torch.linalg.vector_norm(inverse(points, cond, w, affine), dim=-1) - r
 
     def draw():
         return sample_sphere((B, S, M), r, device=cond.device, dtype=cond.dtype, generator=generator)
 
     phi_true = g(x)
-    y_e = naive.coupling_forward(draw(), cond, w, affine)
+    y_e = forward(draw(), cond, w, affine)
     d = torch.sqrt(((x[:, None, :, None] - y_e[:, :, None]) ** 2).sum(-1)).min(1).values
     phi = d * torch.sign(phi_true)
     with torch.enable_grad():  # the normals need d g / d p even when called under no_grad
-        phi_s = g(p)
-    y_c = naive.coupling_forward(draw(), cond, w, affine)
+        phi_s = g(p, naive.coupling_inverse)
+    y_c = forward(draw(), cond, w, affine)
     on = (g(y_c.reshape(B, S * M, 3)).view(B, S, M, M) >= 0).all(-1)
 
     dist = torch.sqrt(((y_c[:, :, :, None] - p[:, None, None]) ** 2).sum(-1))  # (B, S, M, Ns)

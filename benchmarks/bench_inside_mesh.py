@@ -8,6 +8,11 @@ ours against libigl's exact winding number (or the PyTorch reference), the other
 (the disagreement count goes to ``extra_info``). Under ``--benchmark-disable`` (CI) the sizes
 shrink to 2,000 points and the unsubdivided meshes so the harness itself stays tested cheaply.
 
+Two more groups, CPU: the structure build alone, the CPU build against the device's count / scan /
+fill / sort algorithm run on the host (identical structures checked first); and open meshes, 200k
+points, labels decided with the boundary-edge hierarchy against the full boundary sum per point
+(the ``return_winding`` path, the labeller's cost before the hierarchy; labels checked equal).
+
 Run: ``python -m pytest benchmarks/bench_inside_mesh.py --benchmark-only``.
 """
 from __future__ import annotations
@@ -21,7 +26,9 @@ import torch
 
 from npkernels.inside_mesh import inside_mesh
 
-MESH_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "meshes"
+_REPO = Path(__file__).resolve().parents[1]
+MESH_DIR = next((d for d in (_REPO.parent / "shared" / "data" / "meshes", _REPO / "shared" / "data" / "meshes")
+                 if d.is_dir()), _REPO.parent / "shared" / "data" / "meshes")  # the latter: a device run's copy
 MESHES = {"human14k": ("human_smpl_template_male.obj", 0), "anny100k": ("human_anny_s1_rest.obj", 1)}
 
 
@@ -59,6 +66,31 @@ def _mesh(key: str, full: bool):
     for _ in range(subdivisions if full else 0):
         vertices, faces = _subdivide(vertices, faces)
     return vertices, faces
+
+
+BUILD_MESHES = ["human_smpl_template_male.obj", "armadillo.obj", "airplane.obj"]
+OPEN_MESHES = ["airplane_holes_open.obj", "demosthenes_bust_open.obj"]
+
+
+@functools.cache
+def _mesh_file(name: str):
+    if not (MESH_DIR / name).is_file():
+        pytest.skip(f"shared meshes not found at {MESH_DIR}")
+    return _load_obj(MESH_DIR / name)
+
+
+def _near_surface(vertices: np.ndarray, faces: np.ndarray, n: int, seed: int = 1, sigma: float = 0.01) -> np.ndarray:
+    """(n, 3) float32 area-weighted surface samples moved along the normal by N(0, sigma * largest extent)."""
+    rng = np.random.default_rng(seed)
+    a, b, c = (vertices[faces[:, k]].astype(np.float64) for k in range(3))
+    normal = np.cross(b - a, c - a)
+    area = np.linalg.norm(normal, axis=1)
+    face = rng.choice(len(faces), size=n, p=area / area.sum())
+    r1, r2 = rng.random((2, n, 1))
+    r1, r2 = np.where(r1 + r2 > 1, 1 - r1, r1), np.where(r1 + r2 > 1, 1 - r2, r2)
+    samples = a[face] + r1 * (b[face] - a[face]) + r2 * (c[face] - a[face])
+    offset = rng.normal(0.0, sigma * float(np.ptp(vertices, 0).max()), size=(n, 1))
+    return (samples + offset * normal[face] / np.maximum(area[face], 1e-300)[:, None]).astype(np.float32)
 
 
 def _points(vertices: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -154,6 +186,50 @@ def test_inside_mesh_cpu(benchmark, provider, key, n):
     benchmark.extra_info.update(provider=provider, faces=len(faces), points=n, threads=torch.get_num_threads(),
                                 disagreements_vs_npkernels=int((np.asarray(labels) != ours).sum()))
     benchmark.pedantic(target, rounds=rounds, warmup_rounds=1 if provider == "npkernels" else 0, iterations=1)
+
+
+@pytest.mark.parametrize("name", BUILD_MESHES)
+@pytest.mark.parametrize("builder", ["cpu", "three_pass"])
+def test_inside_mesh_build_cpu(benchmark, builder, name):
+    """The structure build alone: the CPU build (one rasterisation per axis into (cell, key) pairs,
+    counting sort; one task per axis) vs the device's algorithm on the host (atomic count pass,
+    scan, atomic fill pass, per-cell sort; parallel over faces)."""
+    from npkernels._ext import ext_status, get_ext
+
+    ext = get_ext()
+    if ext is None:
+        pytest.skip(f"inside-mesh extension unavailable: {ext_status()}")
+    v, f = (torch.from_numpy(a) for a in _mesh_file(name))
+    three_pass = builder == "three_pass"
+    expected, got = ext.inside_mesh_structure(v, f), ext.inside_mesh_structure(v, f, three_pass=three_pass)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    benchmark.group = f"inside_mesh-build-cpu-{name}"
+    benchmark.extra_info.update(provider=builder, faces=len(f), threads=torch.get_num_threads())
+    benchmark.pedantic(lambda: ext.inside_mesh_structure(v, f, three_pass=three_pass), rounds=15, warmup_rounds=2,
+                       iterations=1)
+
+
+@pytest.mark.parametrize("points", ["box", "near"])
+@pytest.mark.parametrize("name", OPEN_MESHES)
+@pytest.mark.parametrize("provider", ["hierarchy", "full_sum"])
+def test_inside_mesh_open_cpu(benchmark, provider, name, points):
+    """Open meshes, 200k points (uniform in the padded box, or near the surface): labels decided
+    with the boundary-edge hierarchy vs the full boundary sum per point (return_winding=True)."""
+    vertices, faces = _mesh_file(name)
+    n = 2_000 if benchmark.disabled else 200_000
+    p = _points(vertices, n) if points == "box" else _near_surface(vertices, faces, n)
+
+    def hierarchy():
+        return inside_mesh(vertices, faces, p, backend="extension")
+
+    def full_sum():
+        return inside_mesh(vertices, faces, p, return_winding=True, backend="extension")[0]
+
+    assert np.array_equal(hierarchy(), full_sum())
+    benchmark.group = f"inside_mesh-open-cpu-{name}-{points}"
+    benchmark.extra_info.update(provider=provider, faces=len(faces), points=n, threads=torch.get_num_threads())
+    benchmark.pedantic(hierarchy if provider == "hierarchy" else full_sum, rounds=5 if provider == "hierarchy" else 2,
+                       warmup_rounds=1, iterations=1)
 
 
 @pytest.mark.cuda

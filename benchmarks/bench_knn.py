@@ -1,7 +1,8 @@
 """Nearest neighbours (K=1, both directions) and Chamfer, by provider.
 
 Providers: "reference" (CPU: brute force / scipy KD-tree; CUDA: chunked brute force), "triton" (one
-launch for both directions), "pytorch3d" (knn_points twice, when importable; CUDA only). Modes:
+launch for both directions), "pytorch3d" (``backend="pytorch3d"``: knn_points twice, when importable;
+CUDA only). Modes:
 "knn" (indices and squared distances) and "chamfer+bwd" (both directional means of Euclidean
 distances, masked as in training, and their gradients). Sizes: "tiny", the training size
 1,200 x 1,500 (runs on CPU too) and 100k x 100k (GPU only).
@@ -37,13 +38,7 @@ PROVIDERS = [
 
 
 def _knn(provider, x, y, x_mask=None, y_mask=None):
-    if provider == "pytorch3d":
-        from pytorch3d.ops import knn_points
-
-        a, b = knn_points(x, y, K=1), knn_points(y, x, K=1)
-        return a.dists[..., 0], a.idx[..., 0], b.dists[..., 0], b.idx[..., 0]
-    backend = "triton" if provider == "triton" else "reference"
-    return tuple(knn(x, y, x_mask=x_mask, y_mask=y_mask, backend=backend))
+    return tuple(knn(x, y, x_mask=x_mask, y_mask=y_mask, backend=provider))
 
 
 @pytest.mark.parametrize("dims", SIZES)

@@ -4,7 +4,8 @@
 one iteration per round) and records op, provider, mode, size, dtype, device, versions, matmul
 precision and peak CUDA memory in ``extra_info``. Without a GPU the Triton interpreter is selected
 before triton is imported (as in tests/conftest.py) and only the tiny CPU sizes run, once each under
-``--benchmark-disable`` (the CI smoke test of the harness).
+``--benchmark-disable`` (the CI smoke test of the harness). ``--bench-rounds`` / ``--bench-warmup``
+override the rounds (benchmarks/gpu_check.py uses them to fit its time budget).
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption("--bench-rounds", type=int, default=None, help="timed rounds (default: 20 on CUDA)")
+    parser.addoption("--bench-warmup", type=int, default=None, help="warm-up rounds (default: 3 on CUDA)")
 
 
 def pytest_configure(config):
@@ -37,7 +43,10 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
-def bench(benchmark):
+def bench(benchmark, request):
+    rounds_option = request.config.getoption("--bench-rounds")
+    warmup_option = request.config.getoption("--bench-warmup")
+
     def run(target, *, op: str, provider: str, mode: str, size: str, dtype=torch.float32, extra=None):
         cuda = torch.cuda.is_available()
         benchmark.group = f"{op}-{mode}-{size}"
@@ -51,9 +60,11 @@ def bench(benchmark):
                 torch.cuda.synchronize()
             return out
 
+        rounds = 20 if cuda else (5 if size.startswith("cpu-") else 1)
+        warmup = 3 if cuda else (1 if size.startswith("cpu-") else 0)
         result = benchmark.pedantic(
-            timed, rounds=20 if cuda else (5 if size.startswith("cpu-") else 1),
-            warmup_rounds=3 if cuda else (1 if size.startswith("cpu-") else 0), iterations=1
+            timed, rounds=rounds_option or rounds, iterations=1,
+            warmup_rounds=warmup if warmup_option is None else warmup_option,
         )
         import importlib.metadata as md
 

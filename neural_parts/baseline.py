@@ -46,6 +46,11 @@ class ConstantShape:
     def resolution(self) -> int:
         return self.mean.shape[0]
 
+    def inside_cells(self) -> np.ndarray:
+        """Centres (K, 3) of the voxels inside the shape."""
+        ijk = np.argwhere(self.mean > self.threshold)
+        return self.box[0] + (ijk + 0.5) * (self.box[1] - self.box[0]) / self.resolution
+
     def inside(self, points: np.ndarray) -> np.ndarray:
         """(N,) bool: whether points (N, 3) lie in the constant shape."""
         return self.mean.reshape(-1)[_cells(points, self.box, self.resolution)] > self.threshold

@@ -71,6 +71,7 @@ class NetworkConfig(Section):
     section = "network"
     n_primitives: int = setting(6, positive=True)
     sphere_radius: float = setting(0.25, positive=True)
+    init: str = setting("random", choices=("random", "parts"))  # parts: start on the constant shape's parts
 
 
 @dataclass
@@ -78,6 +79,7 @@ class FeatureExtractorConfig(Section):
     section = "feature_extractor"
     type: str = setting("resnet18", choices=("resnet18", "latent"))
     feature_size: int = setting(256, positive=True)
+    width: int = setting(64, positive=True)  # channels of the ResNet-18's first stage (64: torchvision's)
     freeze_bn: bool = True
     weights: str | None = None  # torchvision resnet18 state dict path, or "none" to train from scratch
 
@@ -137,10 +139,15 @@ class TrainingConfig(Section):
     section = "training"
     optimizer: str = setting("radam", choices=("adam", "radam"))
     lr: float = setting(5e-5, positive=True)
+    lr_schedule: str = setting("constant", choices=("constant", "cosine"))  # cosine: lr -> lr * lr_final
+    warmup_steps: int = setting(0, minimum=0)  # linear warm-up from 0 over this many updates
+    lr_steps: int = setting(0, minimum=0)  # length of the cosine decay in updates (0: max_steps)
+    lr_final: float = setting(0.05, minimum=0)  # cosine: the lr at its end, as a fraction of lr
     weight_decay: float = setting(0.0, minimum=0)
-    batch_size: int = setting(1, positive=True)
-    aggregate: int = setting(2, positive=True)  # mini-batches per update; gradients are summed
-    clip_grad_norm: float = setting(1.0, minimum=0)  # applied after every backward, as the authors; 0 = off
+    batch_size: int = setting(1, positive=True)  # per rank: an update uses batch_size x world size x aggregate
+    aggregate: int = setting(2, positive=True)  # mini-batches per update (per rank); gradients are summed
+    clip_grad_norm: float = setting(1.0, minimum=0)  # after every backward, as the authors (several ranks: once,
+    # after the all-reduce; see distributed.py); 0 = off
     max_steps: int = setting(0, minimum=0)  # optimiser updates; 0 = until interrupted
     max_nonfinite_steps: int = setting(10, positive=True)  # consecutive skipped (NaN/inf) updates before stopping
     checkpoint_every: int = setting(500, positive=True)  # updates between last.pt / step_<n>.pt
@@ -169,6 +176,7 @@ class RuntimeConfig(Section):
     amp_encoder: bool = False  # bf16 autocast for the image encoder (CUDA only)
     threads: int = setting(0, minimum=0)  # torch CPU threads, 0 = torch's default
     tensorboard: bool = True  # when the tensorboard package is installed
+    collective_timeout_s: float = setting(600.0, positive=True)  # torchrun: how long a rank waits for the others
 
 
 @dataclass

@@ -5,16 +5,27 @@ each mini-batch's backward adds to them (sum, not mean), and ``clip_grad_norm_``
 running sum after every backward (clip(clip(g1) + g2) for aggregate 2), exactly as
 ``train_on_batch`` of the authors' code. RAdam is ``torch.optim.RAdam``. An update whose loss or
 gradients are not finite is skipped (the weights and the optimiser state stay as they were).
+
+Several ranks (torchrun, ``distributed.py``): each rank runs its ``aggregate`` mini-batches under
+``no_sync`` but the last, whose backward all-reduces the ranks' gradient sums (DDP averages; each rank's
+loss is scaled by the world size, so the result is their sum); the clip is applied
+once, to that reduced gradient (the per-backward clips would need the other ranks' gradients). One update
+on W ranks is therefore the single-process update on the same W x aggregate mini-batches with their
+gradients summed and clipped once at the end; with aggregate 1 and one rank that is the authors' step.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .config import Config, LossConfig
+from . import distributed
+from .config import Config, LossConfig, TrainingConfig
+from .distributed import Ranks
 from .metrics import weighted_iou
 from .models import NeuralParts
 from .objective import compute_losses
@@ -25,6 +36,25 @@ def make_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
     train = cfg.training
     kind = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam}[train.optimizer]
     return kind(params, lr=train.lr, weight_decay=train.weight_decay)
+
+
+def learning_rate(train: TrainingConfig, step: int) -> float:
+    """The learning rate of update ``step`` (0-based): a pure function of the step, so resumes are exact.
+
+    Linear warm-up over ``warmup_steps``, then constant, or (``cosine``) a half cosine from ``lr`` to
+    ``lr * lr_final`` over ``lr_steps`` updates (``max_steps`` when 0; constant when both are 0), then flat.
+    """
+    lr = train.lr * min(1.0, (step + 1) / train.warmup_steps) if train.warmup_steps else train.lr
+    horizon = train.lr_steps or train.max_steps
+    if train.lr_schedule == "constant" or not horizon:
+        return lr
+    t = min(1.0, max(0, step - train.warmup_steps) / max(1, horizon - train.warmup_steps))
+    return lr * (train.lr_final + (1 - train.lr_final) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -41,30 +71,40 @@ class Trainer:
     """Runs optimiser updates. ``step(batches)`` takes ``aggregate`` mini-batches (dicts of tensors).
 
     A non-finite loss or gradient skips the update; ``max_nonfinite`` skipped updates in a row raise
-    FloatingPointError. ``skipped`` counts every skipped update.
+    FloatingPointError. ``skipped`` counts every skipped update. ``ranks`` (several processes): the model
+    is wrapped in DistributedDataParallel (``distributed.wrap``), which copies rank 0's weights to every rank.
     """
 
     def __init__(self, model: NeuralParts, optimizer: torch.optim.Optimizer, loss_cfg: LossConfig,
-                 clip: float = 1.0, max_nonfinite: int = 10):
+                 clip: float = 1.0, max_nonfinite: int = 10, ranks: Ranks | None = None):
         self.model, self.optimizer, self.loss_cfg = model, optimizer, loss_cfg
         self.clip, self.max_nonfinite = clip, max_nonfinite
+        self.ranks = ranks or Ranks()
+        self.forward = distributed.wrap(model, self.ranks)  # the model itself in one process
+        self.clip_every_backward = not self.ranks.distributed
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.skipped, self._in_a_row = 0, 0
 
     def step(self, batches: list[dict]) -> dict[str, float]:
-        """One update; returns the mini-batch mean of every loss term, "total", "iou", "grad_norm" and
-        "skipped" (1.0 when the update was not applied)."""
+        """One update; returns the mini-batch mean (over ranks too) of every loss term, "total", "iou",
+        "grad_norm" (one process: the mean of the norms before each clip; several: the norm of the reduced
+        gradient before its clip) and "skipped" (1.0 when the update was not applied, on every rank alike)."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
-        for batch in batches:
-            out = compute_losses(self.model(self.model.inputs(batch)), batch, self.loss_cfg)
-            out["total"].backward()
-            out["grad_norm"] = (torch.nn.utils.clip_grad_norm_(self.params, self.clip) if self.clip > 0
-                                else gradient_norm(self.params))
+        for k, batch in enumerate(batches):
+            with distributed.no_sync(self.forward, skip=k < len(batches) - 1):  # all-reduce in the last only
+                out = compute_losses(self.forward(self.model.inputs(batch)), batch, self.loss_cfg)
+                loss = out["total"] * self.ranks.world_size if self.ranks.distributed else out["total"]
+                loss.backward()  # DDP averages over ranks: world size x the mean = the sum
+            if self.clip_every_backward:
+                out["grad_norm"] = self._clip()
             for key, value in out.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
         values = {k: v / len(batches) for k, v in sums.items()}
+        if not self.clip_every_backward:
+            values["grad_norm"] = float(self._clip())
+        values = self.ranks.mean(values)  # the same numbers, hence the same skip decision, on every rank
         finite = np.isfinite(values["total"]) and np.isfinite(values["grad_norm"])
         if finite:
             self.optimizer.step()
@@ -80,70 +120,125 @@ class Trainer:
         values["skipped"] = 0.0 if finite else 1.0
         return values
 
+    def _clip(self) -> Tensor:
+        """Clip the gradients to ``clip`` (when > 0); returns their norm before clipping."""
+        return (torch.nn.utils.clip_grad_norm_(self.params, self.clip) if self.clip > 0
+                else gradient_norm(self.params))
 
-def infinite_batches(dataset, batch_size: int, seed: int, start: int = 0, num_workers: int = 0,
-                     device: torch.device | None = None) -> Iterator[dict]:
-    """Endless shuffled mini-batches, the same stream however often the run was resumed.
 
-    Epoch e is a permutation drawn with seed (seed, e), cut into ``len // batch_size`` batches (the
-    last partial one dropped); ``start`` mini-batches are skipped without loading them (a resumed run
-    passes how many it already consumed). Items draw their points with ``dataset.set_epoch(e)``.
+def infinite_batches(dataset, batch_size: int, seed: int, start: tuple[int, int] = (0, 0), num_workers: int = 0,
+                     device: torch.device | None = None, rank: int = 0, world_size: int = 1) -> BatchStream:
+    """Endless shuffled mini-batches of one rank, the same stream however often (and on however many ranks)
+    the run was resumed: a ``BatchStream``.
+
+    Epoch e is a permutation drawn with seed (seed, e). From ``start`` = (epoch, offset) on (the first
+    ``offset`` samples of that epoch's permutation already used) each epoch is cut into global batches of
+    ``world_size * batch_size`` consecutive samples, the last partial one dropped so that every rank takes
+    as many steps; rank r gets the r-th ``batch_size`` slice of each, so the ranks' shards are disjoint.
+    Only the batches yielded are loaded. Items draw their points with ``dataset.set_epoch(e)``.
     """
-    per_epoch = len(dataset) // batch_size
-    if per_epoch == 0:
-        raise ValueError(f"the training set has {len(dataset)} shapes, fewer than training.batch_size={batch_size}")
-    epoch, skip = divmod(start, per_epoch)
-    while True:
-        g = torch.Generator().manual_seed(int(seed) * 100_003 + epoch)
-        order = torch.randperm(len(dataset), generator=g).tolist()
-        plan = [order[k * batch_size:(k + 1) * batch_size] for k in range(skip, per_epoch)]
-        dataset.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=plan, num_workers=num_workers, generator=g)
-        for batch in loader:
-            yield batch if device is None else to_device(batch, device)
-        epoch, skip = epoch + 1, 0
+    return BatchStream(dataset, batch_size, seed, start, num_workers, device, rank, world_size)
+
+
+class BatchStream:
+    """The iterator of ``infinite_batches``. ``position`` = (epoch, offset) after the batches yielded so far
+    (where a resumed run starts, with any world size or batch size: it then continues with the samples this
+    stream would have used next; an epoch's remainder smaller than this stream's global batch is skipped)."""
+
+    def __init__(self, dataset, batch_size: int, seed: int, start: tuple[int, int], num_workers: int,
+                 device: torch.device | None, rank: int, world_size: int):
+        self.dataset, self.batch_size, self.seed, self.rank = dataset, batch_size, int(seed), rank
+        self.global_batch = batch_size * world_size
+        if len(dataset) < self.global_batch:
+            what = f"training.batch_size={batch_size}" + (f" x {world_size} ranks" if world_size > 1 else "")
+            raise ValueError(f"the training set has {len(dataset)} shapes, fewer than {what}")
+        self.num_workers, self.device = num_workers, device
+        self.position = (int(start[0]), int(start[1]))
+        self._batches = self._generate()
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        return next(self._batches)
+
+    def _generate(self) -> Iterator[dict]:
+        (epoch, offset), n, size = self.position, len(self.dataset), self.global_batch
+        first = self.rank * self.batch_size
+        while True:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            order = torch.randperm(n, generator=g).tolist()
+            starts = range(offset, n - size + 1, size)
+            plan = [order[s + first:s + first + self.batch_size] for s in starts]
+            self.dataset.set_epoch(epoch)
+            loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=plan, num_workers=self.num_workers,
+                                                 generator=g)
+            for s, batch in zip(starts, loader):
+                self.position = (epoch, s + size) if s + 2 * size <= n else (epoch + 1, 0)
+                yield batch if self.device is None else to_device(batch, self.device)
+            epoch, offset = epoch + 1, 0
 
 
 @torch.no_grad()
+def validation_indices(n_records: int, validation) -> list[int]:
+    """The fixed validation subset: the first ``validation.n_shapes`` of a permutation seeded by
+    ``validation.seed`` of the validation split's ``n_records`` records, sorted."""
+    order = np.random.default_rng(validation.seed).permutation(n_records)
+    return sorted(order[:validation.n_shapes].tolist())
+
+
 def validate(model: NeuralParts, dataset, indices: list[int], device: torch.device,
-             batch_size: int = 8) -> dict[str, float]:
+             batch_size: int = 8, ranks: Ranks | None = None) -> dict[str, float]:
     """Mean IoU of G < 0 (the true implicit, the authors' evaluation) on the seeded volume samples of
-    ``indices`` (importance-weighted), plus the IoU of each shape in ``iou_per_shape``."""
+    ``indices`` (importance-weighted), plus the IoU of each shape in ``iou_per_shape``. With ``ranks``
+    every rank must call it (see ``validation_iou``); ``model`` is the plain model, not its DDP wrapper."""
     model.eval()
     return validation_iou(lambda batch: model(model.inputs(batch)).implicit(batch["volume_points"]).value < 0,
-                          dataset, indices, device, batch_size)
+                          dataset, indices, device, batch_size, ranks)
 
 
 @torch.no_grad()
 def validation_iou(inside: Callable[[dict], Tensor], dataset, indices: list[int], device: torch.device,
-                   batch_size: int = 8) -> dict[str, float]:
+                   batch_size: int = 8, ranks: Ranks | None = None) -> dict[str, float]:
     """The validation protocol for any predictor: ``inside(batch)`` -> (B, N) bool at batch["volume_points"];
-    the importance-weighted IoU of each shape of ``indices`` and their mean."""
-    ious = []
-    for s in range(0, len(indices), batch_size):
+    the importance-weighted IoU of each shape of ``indices`` and their mean.
+
+    ``ranks`` (several processes): the batches of ``batch_size`` shapes are dealt out to the ranks and their
+    IoUs gathered, so every rank returns exactly what one process computes (the same batches run).
+    """
+    ranks = ranks or Ranks()
+    starts = range(0, len(indices), batch_size)
+    mine = {}
+    for s in ranks.shard(starts):
         items = [dataset[i] for i in indices[s:s + batch_size]]
         batch = to_device({k: torch.stack([it[k] for it in items]) for k in items[0]}, device)
-        ious.append(weighted_iou(inside(batch), batch["volume_labels"] > 0.5, batch["volume_weights"]).cpu())
-    iou = torch.cat(ious)
+        mine[s] = weighted_iou(inside(batch), batch["volume_labels"] > 0.5, batch["volume_weights"]).cpu()
+    gathered = {s: v for part in ranks.gather(mine) for s, v in part.items()}
+    iou = torch.cat([gathered[s] for s in starts])
     return {"iou": float(iou.mean()), "iou_per_shape": [round(float(v), 4) for v in iou]}
 
 
-def constant_shape_floor(train_set, val_set, indices: list[int], device: torch.device,
-                         max_records: int = 512) -> dict[str, float]:
-    """The validation protocol applied to the best constant shape of the training set (``baseline``),
-    fitted to at most ``max_records`` training records (a fixed random subset of larger sets)."""
+def fit_constant_shape(train_set, max_records: int = 256):
+    """The best constant shape (``baseline.ConstantShape``) of the training set, fitted to at most
+    ``max_records`` training records (a fixed random subset of larger sets; deterministic on every rank)."""
     from .baseline import ConstantShape
 
     chosen = train_set.indices
     if len(chosen) > max_records:
         chosen = np.sort(np.random.default_rng(0).choice(chosen, max_records, replace=False))
-    shape = ConstantShape.fit(train_set.records, chosen)
+    return ConstantShape.fit(train_set.records, chosen)
+
+
+def constant_shape_floor(shape, val_set, indices: list[int], device: torch.device,
+                         ranks: Ranks | None = None) -> dict[str, float]:
+    """The validation protocol applied to a ``baseline.ConstantShape``; ``validation_iou`` shares the
+    validation shapes among ``ranks``."""
 
     def inside(batch):
         points = batch["volume_points"]
         return torch.from_numpy(shape.inside(points.reshape(-1, 3).cpu().numpy())).view(points.shape[:2]).to(device)
 
-    return validation_iou(inside, val_set, indices, device)
+    return validation_iou(inside, val_set, indices, device, ranks=ranks)
 
 
 def count_parameters(model: nn.Module) -> int:

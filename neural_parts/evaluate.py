@@ -13,6 +13,15 @@ normal consistency = mean |cos| both ways, F-score at tau = 0.01; units are the 
 Appends one CSV row per shape as it is evaluated (a killed run loses at most the row being written;
 re-running skips shapes already there) and rewrites the CSV sorted by index at the end (atomically), so a
 job can be resumed, split with ``--shard i/n`` and limited with ``--limit``.
+
+``torchrun --nproc-per-node N -m neural_parts.evaluate ...`` shares the shapes among the N processes (one GPU
+each): rank r > 0 appends its rows to <csv stem>.rank<r>.csv beside the CSV (the folder must be shared), and
+rank 0 merges them into the one CSV and writes the summary and the report; a rerun (with or without torchrun)
+first merges the rows a killed run left in those files.
+
+Beside the CSV it writes an HTML report (<csv stem>.html): means, an IoU histogram, previews of the best and
+worst shapes and a per-shape table sortable by every column. ``--views K`` also writes interactive viewers
+(``neural_parts.viewer``) of the first K shapes to <csv stem>-views/<index>.html, linked from the table.
 """
 from __future__ import annotations
 
@@ -25,12 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import distributed
 from .atomic import atomic_path
 from .checkpoint import load_model, resolve_path
 from .cli import run_command
 from .data.images import normalise_image
 from .metrics import shape_metrics
-from .runtime import pick_device
 
 COLUMNS = ("index", "name", "category", "iou", "chamfer_l1", "chamfer_l2", "normal_consistency", "fscore",
            "accuracy", "completeness", "seconds")
@@ -58,8 +67,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--n-points", type=int, default=100_000, help="onet: predicted surface points")
     p.add_argument("--n-surface", type=int, default=1500, help="authors: ground-truth surface points")
     p.add_argument("--seed", type=int, default=0, help="authors / surface sampling seed")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (torchrun: cuda:LOCAL_RANK)")
+    p.add_argument("--timeout", type=float, default=1800.0,
+                   help="torchrun: seconds a rank waits for the others (at the start and at the end)")
     p.add_argument("--categories", help="comma-separated categories to keep")
+    p.add_argument("--views", type=int, default=0, metavar="K",
+                   help="write 3D viewers (view.html pages) of the first K shapes evaluated (default 0)")
     return p
 
 
@@ -109,6 +122,24 @@ def append_row(path: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
+def rank_csv(out: Path, rank: int) -> Path:
+    """Where rank ``rank`` > 0 of a torchrun evaluation appends its rows; rank 0 merges them into ``out``."""
+    return out.with_name(f"{out.stem}.rank{rank}.csv")
+
+
+def merge_rank_rows(out: Path) -> None:
+    """Move the rows of ``rank_csv`` files beside ``out`` into ``out`` (rewritten atomically, sorted by index;
+    a shape in both keeps the row of ``out``), then delete those files."""
+    parts = sorted(out.parent.glob(f"{out.stem}.rank*.csv"))
+    if not parts:
+        return
+    rows = {int(r["index"]): r for part in parts for r in read_rows(part)}
+    rows.update({int(r["index"]): r for r in read_rows(out)})
+    write_rows(out, [rows[i] for i in sorted(rows)])
+    for part in parts:
+        part.unlink()
+
+
 @torch.no_grad()
 def evaluate_shape(model, dataset, i: int, protocol: str, device, n_points: int, seed: int) -> dict:
     """Metrics of shape i of ``dataset`` (a NeuralPartsDataset) predicted by ``model`` (a trained model or a
@@ -138,6 +169,17 @@ def evaluate_shape(model, dataset, i: int, protocol: str, device, n_points: int,
                                  "accuracy", "completeness")}}
 
 
+def category_means(rows: list[dict]) -> dict[str, tuple[int, dict[str, float]]]:
+    """category -> (shapes, mean of each of ``METRICS``), plus "all" when there are several categories."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["category"] or "-", []).append(r)
+    if len(groups) > 1:
+        groups["all"] = rows
+    return {cat: (len(rs), {k: float(np.mean([float(r[k]) for r in rs])) for k in METRICS})
+            for cat, rs in groups.items()}
+
+
 def summary(rows: list[dict], protocol: str, data: str) -> str:
     """A text table of the means per category and overall; the header states the protocol."""
     lines = [f"# {len(rows)} shapes of {data}", f"# {PROTOCOLS[protocol]}",
@@ -145,17 +187,35 @@ def summary(rows: list[dict], protocol: str, data: str) -> str:
               "0.5*(accuracy+completeness), Euclidean; Chamfer-L2 squared; F-score at tau = 0.01"),
              (f"{'category':<12} {'shapes':>6} {'IoU':>7} {'Ch-L1':>8} {'Ch-L1 x10 (ONet tables)':>24} {'Ch-L2':>9} "
               f"{'normals':>8} {'F@0.01':>7}")]
-    groups: dict[str, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(r["category"] or "-", []).append(r)
-    if len(groups) > 1:
-        groups["all"] = rows
-    for cat, rs in groups.items():
-        mean = {k: float(np.mean([float(r[k]) for r in rs])) for k in METRICS}
-        lines.append(f"{cat:<12} {len(rs):>6} {mean['iou']:>7.4f} {mean['chamfer_l1']:>8.5f} "
+    for cat, (n, mean) in category_means(rows).items():
+        lines.append(f"{cat:<12} {n:>6} {mean['iou']:>7.4f} {mean['chamfer_l1']:>8.5f} "
                      f"{10 * mean['chamfer_l1']:>24.4f} {mean['chamfer_l2']:>9.6f} "
                      f"{mean['normal_consistency']:>8.4f} {mean['fscore']:>7.4f}")
     return "\n".join(lines)
+
+
+def write_views(model, dataset, rows: list[dict], folder: Path, device) -> dict[int, str]:
+    """A viewer per row (``report.record_viewer``) in ``folder``/<index>.html, with the row's metrics; returns
+    index -> relative path."""
+    from .report import record_viewer
+
+    views = {}
+    for r in rows:
+        i = int(r["index"])
+        metrics = {"IoU": float(r["iou"]), "Chamfer-L1": float(r["chamfer_l1"]), "Chamfer-L2": float(r["chamfer_l2"]),
+                   "normal consistency": float(r["normal_consistency"]), "F@0.01": float(r["fscore"]),
+                   "category": r["category"], "checkpoint step": model.step}
+        path = record_viewer(folder / f"{i}.html", model, dataset, i, device, metrics, f"#{i} {r['name']}")
+        views[i] = f"{folder.name}/{path.name}"
+    return views
+
+
+def best_and_worst(rows: list[dict], n: int = 3) -> list[tuple[str, dict]]:
+    """("best k" | "worst k", row) for the n highest and the n lowest IoUs (each row once)."""
+    ranked = sorted(rows, key=lambda r: -float(r["iou"]))
+    best = ranked[:n]
+    worst = [r for r in ranked[::-1][:n] if r not in best]
+    return [(f"best {k + 1}", r) for k, r in enumerate(best)] + [(f"worst {k + 1}", r) for k, r in enumerate(worst)]
 
 
 def _constant_shape(args, data: Path, categories):
@@ -172,6 +232,19 @@ def _constant_shape(args, data: Path, categories):
 
 
 def run(args) -> int:
+    ranks = distributed.init(args.device, args.timeout)  # one process without torchrun
+    try:
+        return _run(args, ranks)
+    except RuntimeError as e:
+        if ranks.distributed and distributed.is_collective_failure(e):
+            raise distributed.rank_failure(e, ranks, "--timeout", "the rows written so far are kept (beside the "
+                                           "CSV); rerun the same command to finish") from None
+        raise
+    finally:
+        distributed.teardown()
+
+
+def _run(args, ranks: distributed.Ranks) -> int:
     from .data import NeuralPartsDataset
 
     shard, n_shards = _shard(args.shard)
@@ -180,10 +253,12 @@ def run(args) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if (args.checkpoint is None) == (args.baseline is None):
         raise ValueError("give a run folder or checkpoint, or --baseline constant (not both)")
+    if args.views < 0 or (args.views and args.baseline):
+        raise ValueError(f"--views must be >= 0 and needs a model (not --baseline), got --views {args.views}")
     data = Path(args.data)
     if not data.is_file():
         raise FileNotFoundError(f"--data {data}: file not found")
-    device = pick_device(args.device)
+    device = ranks.device
     categories = args.categories.split(",") if args.categories else None
     if args.baseline:
         model, what, image_size = _constant_shape(args, data, categories), "the constant shape", 64
@@ -200,24 +275,36 @@ def run(args) -> int:
                                  image_size=image_size, seed=args.seed, categories=categories)
     suffix = f"-shard{shard}of{n_shards}" if n_shards > 1 else ""
     out = Path(args.output) if args.output else folder / f"{name}{suffix}.csv"
+    if ranks.main:
+        merge_rank_rows(out)  # rows a killed torchrun evaluation left beside the CSV
+    ranks.barrier()
     rows = read_rows(out)
     done = {int(r["index"]) for r in rows}
     todo = list(range(shard, len(dataset), n_shards))
     if args.limit is not None:
         todo = todo[:args.limit]
     pending = [i for i in todo if i not in done]
-    print(f"evaluate: {what} on {data}: {len(todo)} shapes, {len(todo) - len(pending)} "
-          f"already in {out}, device {device}", file=sys.stderr)
+    mine, target = ranks.shard(pending), (out if ranks.main else rank_csv(out, ranks.rank))
+    if ranks.main:
+        print(f"evaluate: {what} on {data}: {len(todo)} shapes, {len(todo) - len(pending)} already in {out}, "
+              f"device {device}" + (f", shared among {ranks.world_size} ranks" if ranks.distributed else ""),
+              file=sys.stderr)
     from tqdm import tqdm
     t_all = time.perf_counter()
-    if pending:
-        write_rows(out, sorted(rows, key=lambda r: int(r["index"])))  # drops a torn line, writes the header
-    for i in tqdm(pending, unit="shape", disable=not pending):
+    if mine or (pending and ranks.main):  # drops a torn line, writes the header
+        write_rows(target, sorted(rows, key=lambda r: int(r["index"])) if ranks.main else [])
+    for i in tqdm(mine, unit="shape", disable=not mine or not ranks.main):
         t0 = time.perf_counter()
         row = evaluate_shape(model, dataset, i, args.protocol, device, args.n_points, args.seed)
         rows.append({"index": i, **{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()},
                      "seconds": f"{time.perf_counter() - t0:.2f}"})
-        append_row(out, rows[-1])
+        append_row(target, rows[-1])
+    if ranks.distributed:
+        ranks.barrier()  # every rank has written its rows
+        if not ranks.main:
+            return 0
+        merge_rank_rows(out)
+        rows = read_rows(out)
     if pending:
         write_rows(out, sorted(rows, key=lambda r: int(r["index"])))
         elapsed = time.perf_counter() - t_all
@@ -228,7 +315,32 @@ def run(args) -> int:
         raise ValueError("no shapes to evaluate (empty data file, shard or category filter)")
     print(summary(selected, args.protocol, str(data)))
     print(f"per-shape results: {out}")
+    write_report(args, model, dataset, selected, todo, out, device, f"{what} on {data}")
     return 0
+
+
+def write_report(args, model, dataset, rows: list[dict], todo: list[int], out: Path, device, title: str) -> None:
+    """<csv stem>.html beside the CSV ``out`` (``report.write_evaluation_report``) with previews of the best and
+    worst ``rows`` (a model only), and with ``--views K`` viewers of the first K shapes of ``todo``."""
+    from .report import write_evaluation_report
+
+    t0 = time.perf_counter()
+    views_dir = out.with_name(f"{out.stem}-views")
+    shown = {int(r["index"]) for r in rows}
+    views = {int(p.stem): f"{views_dir.name}/{p.name}" for p in views_dir.glob("*.html")
+             if p.stem.isdigit() and int(p.stem) in shown}  # written by an earlier run into this CSV
+    if args.views:
+        by_index = {int(r["index"]): r for r in rows}
+        views.update(write_views(model, dataset, [by_index[i] for i in todo[:args.views]], views_dir, device))
+    shots = []
+    if not args.baseline:
+        from .preview import record_preview
+
+        shots = [(label, r, record_preview(model, dataset, [int(r["index"])], device))
+                 for label, r in best_and_worst(rows)]
+    report = write_evaluation_report(out.with_suffix(".html"), rows, title, args.protocol, shots, views)
+    print(f"report: {report}" + (f" and {args.views} viewers in {views_dir}" if args.views else "") +
+          f" ({time.perf_counter() - t0:.1f} s)")
 
 
 def main(argv=None) -> int:

@@ -8,8 +8,8 @@ npkernels.inside_mesh (winding numbers, so slightly open meshes work too).
 
 Reports IoU (G(x) < 0 on all volume points) and Chamfer-L1 (0.5 (accuracy + completeness), the
 normalised frame's units) and writes to ``--output`` (default fit-<mesh name>/): part_000.obj ...,
-parts.ply, preview.png ([mesh | primitives] from two views), fit.pt (loadable with
-``neural_parts.load``), metrics.json.
+parts.ply, preview.png ([mesh | primitives] from two views), view.html (the interactive viewer, with the
+mesh as the target), fit.pt (loadable with ``neural_parts.load``), metrics.json.
 """
 from __future__ import annotations
 
@@ -29,10 +29,13 @@ from .cli import run_command
 from .config import ConfigError, load_config
 from .data.process import UNIT_BOX
 from .export import export_parts
+from .initialise import initialise_primitives
+from .meshing import primitive_meshes
 from .metrics import shape_metrics
 from .models import NeuralParts
 from .preview import render_primitives, save_png, titled_grid, view_camera
 from .runtime import pick_device, seed_everything
+from .viewer import write_viewer
 
 
 def parser() -> argparse.ArgumentParser:
@@ -72,6 +75,16 @@ def mesh_record(path: str, n_volume: int, n_surface: int, up: str, rng: np.rando
                          "inside the mesh; is it a closed surface?")
     record["vertices"], record["faces"] = normalise(to_y_up(v, up), cfg.normalisation)[0], f
     return record
+
+
+def initialise_on_parts(model, record: dict, rng: np.random.Generator) -> None:
+    """Start each primitive on one part of the mesh: k-means of the labelled points inside it (its surface
+    samples when too few are inside); see ``initialise``."""
+    inside = record["volume_points"][record["volume_labels"]]
+    solid = len(inside) >= 50 * model.n_primitives
+    device = model.primitive_embedding.device
+    initialise_primitives(model, torch.zeros(1, dtype=torch.long, device=device),
+                          inside if solid else record["surface_points"], rng, solid=solid)
 
 
 @torch.no_grad()
@@ -121,7 +134,8 @@ def run(args) -> int:
     from tqdm import tqdm
     bar = tqdm(range(steps), unit="step", disable=args.quiet, mininterval=2)
     t1 = time.perf_counter()
-    for _ in bar:
+    for step in bar:
+        engine.set_learning_rate(trainer.optimizer, engine.learning_rate(cfg.training, step))
         values = trainer.step([next(batches) for _ in range(cfg.training.aggregate)])
         bar.set_postfix(loss=f"{values['total']:.4f}", iou=f"{values.get('iou', float('nan')):.3f}")
     train_s = time.perf_counter() - t1
@@ -137,6 +151,10 @@ def run(args) -> int:
         row += [render_meshes([(record["vertices"], record["faces"], None)], cam), render_primitives(prims, cam, 256)]
     grid = titled_grid([row], ["target", "primitives", "target (side)", "primitives (side)"], 256)
     written.append(save_png(grid, out / "preview.png"))
+    metrics = {"IoU": result["iou"], "Chamfer-L1": result["chamfer_l1"], "normal consistency":
+               result["normal_consistency"], "F@0.01": result["fscore"], "steps": steps}
+    written.append(write_viewer(out / "view.html", primitive_meshes(prims), title=f"fit: {Path(args.mesh).name}",
+                                target={"vertices": record["vertices"], "faces": record["faces"]}, metrics=metrics))
     save_checkpoint(out / "fit.pt", model=model, config=cfg, step=steps, metrics=result)
     written.append(out / "fit.pt")
     with atomic_path(out / "metrics.json") as tmp:

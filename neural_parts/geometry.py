@@ -72,13 +72,24 @@ def unit_icosphere(subdivisions: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 
+def merged_vertex_ids(vertices: np.ndarray) -> np.ndarray:
+    """(V,) int64: the same id for coincident vertices (exact equality), ids 0..U-1."""
+    v = np.ascontiguousarray(vertices, dtype=np.float64)
+    order = np.lexsort(v.T[::-1])
+    first = np.ones(len(v), dtype=bool)
+    first[1:] = (v[order[1:]] != v[order[:-1]]).any(1)
+    ids = np.empty(len(v), dtype=np.int64)
+    ids[order] = np.cumsum(first) - 1
+    return ids
+
+
 def mesh_components(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Connected component (F,) int of every face, faces joined by shared (coincident) vertices."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    _, ids = np.unique(np.asarray(vertices), axis=0, return_inverse=True)
-    f = ids.reshape(-1)[faces]
+    ids = merged_vertex_ids(vertices)
+    f = ids[faces]
     n = int(ids.max()) + 1 if len(ids) else 0
     edges = np.concatenate([f[:, [0, 1]], f[:, [1, 2]]])
     graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from npkernels import knn
-from npkernels.knn.reference import safe_sqrt
 
 
 def chamfer_loss(target_points: Tensor, primitive_points: Tensor, on_surface: Tensor,
@@ -28,9 +27,7 @@ def chamfer_loss(target_points: Tensor, primitive_points: Tensor, on_surface: Te
     """
     B, S, M, _ = primitive_points.shape
     nearest = knn(target_points, primitive_points.reshape(B, S * M, 3), backend=backend)
-    on = on_surface.reshape(B, S * M)
-    t2p = safe_sqrt(nearest.dist_xy).mean()
-    p2t = (safe_sqrt(nearest.dist_yx) * on).sum() / on.sum().clamp_min(1)
+    t2p, p2t = nearest.chamfer(y_query_mask=on_surface.reshape(B, S * M))
     return t2p + p2t
 
 

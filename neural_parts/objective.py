@@ -16,8 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from npkernels import nearest
-from npkernels.knn.reference import safe_sqrt
+from npkernels import nearest, safe_sqrt
 
 from . import losses
 from .config import LOSS_TERMS, LossConfig

@@ -1,12 +1,17 @@
 """Turn meshes into training records: ``python -m neural_parts.prepare {synthetic,dfaust,shapenet,meshes}``.
 
     python -m neural_parts.prepare synthetic [--n-train 256 --n-val 32 --n-test 32]
+    python -m neural_parts.prepare humans [--subjects 12 --frames 12 --frame-step 3 --test-motions punching,...]
     python -m neural_parts.prepare meshes DIR [--splits CSV] [--up z]
     python -m neural_parts.prepare dfaust registrations_m.hdf5 registrations_f.hdf5 --splits SPLITS.csv
     python -m neural_parts.prepare shapenet ONET_DIR [--splits all.csv] [--classes 02691156,03001627]
 
 Writes ``OUTPUT/{train,val,test}.h5`` and ``OUTPUT/summary.json``; OUTPUT defaults to
 ``$NEURAL_PARTS_DATA/<name>``. Re-running resumes (finished shards are kept) and is a no-op when done.
+
+Several machines sharing OUTPUT: ``--shard I/N`` on machine I builds every N-th shard file and assembles
+nothing; once all N have finished, one run without --shard builds what is missing and assembles (the files
+are byte-identical to a one-machine build).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import logging
 import sys
 
 from neural_parts.cli import run_command
-from neural_parts.data import build, sources, synthetic
+from neural_parts.data import build, render, sources, synthetic
 from neural_parts.data.process import NORMALISATIONS, UNIT_BOX, RecordConfig
 
 
@@ -56,7 +61,7 @@ def parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("kind", choices=("synthetic", "dfaust", "shapenet", "meshes"))
+    p.add_argument("kind", choices=("synthetic", "humans", "dfaust", "shapenet", "meshes"))
     p.add_argument(
         "source", nargs="*", help="meshes: a folder; dfaust: registrations_*.hdf5; shapenet: ONet folder"
     )
@@ -100,6 +105,16 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--n-val", type=int, default=sources.SYNTHETIC_COUNTS["val"])
     g.add_argument("--n-test", type=int, default=sources.SYNTHETIC_COUNTS["test"])
     g.add_argument("--categories", default=",".join(synthetic.CATEGORIES))
+    g = p.add_argument_group("humans (the Anny body model: pip install anny)")
+    h = sources.HUMAN_DEFAULTS
+    g.add_argument("--subjects", type=_positive, default=h["subjects"], help="body shapes (alternating gender)")
+    g.add_argument("--val-subjects", type=int, default=h["val_subjects"], help="the subjects before the test ones")
+    g.add_argument("--test-subjects", type=int, default=h["test_subjects"], help="the last subjects")
+    g.add_argument("--motions", help="comma-separated motions (default: all)")
+    g.add_argument("--test-motions", default=",".join(h["test_motions"]),
+                   help="motions only the test split performs (empty: none)")
+    g.add_argument("--frames", type=_positive, default=h["frames"], help="frames per subject and motion")
+    g.add_argument("--frame-step", type=_positive, default=h["frame_step"], help="use every k-th frame (30 fps)")
     g = p.add_argument_group("dfaust / shapenet")
     g.add_argument("--drop-first", type=int, default=20, help="dfaust: frames skipped at each sequence start")
     g.add_argument("--classes", help="shapenet: comma-separated synset ids (default: all)")
@@ -117,6 +132,11 @@ def _prepare(args) -> dict:
             args.n_train, args.n_val, args.n_test, args.seed, tuple(args.categories.split(","))
         )
         name = f"synthetic-v{synthetic.GENERATOR_VERSION}"
+    elif args.kind == "humans":
+        jobs, source = sources.humans_jobs(
+            args.subjects, args.motions.split(",") if args.motions else None, args.frames, args.frame_step,
+            args.seed, args.val_subjects, args.test_subjects, tuple(m for m in args.test_motions.split(",") if m))
+        name = sources.HUMANS_NAME
     elif args.kind == "meshes":
         jobs, source = sources.mesh_jobs(args.source[0], args.splits)
         name = f"meshes-{source['root'].rstrip('/').split('/')[-1]}"
@@ -138,6 +158,7 @@ def _prepare(args) -> dict:
         box=args.box,
         up=args.up,
         non_watertight=args.non_watertight,
+        view=sources.HUMAN_VIEW if args.kind == "humans" else render.FIXED_VIEW,
     )
     output = args.output or build.default_data_dir(name)
     return build.build(
@@ -155,7 +176,7 @@ def _prepare(args) -> dict:
 
 
 def _check_sources(args) -> None:
-    needs = {"synthetic": 0, "meshes": 1, "shapenet": 1}.get(args.kind)
+    needs = {"synthetic": 0, "humans": 0, "meshes": 1, "shapenet": 1}.get(args.kind)
     if needs is not None and len(args.source) != needs:
         parser().error(f"{args.kind} takes {needs or 'no'} SOURCE argument{'s' if needs != 1 else ''}")
     if args.kind == "dfaust" and (not args.source or not args.splits):

@@ -4,7 +4,9 @@ INPUT is an image file (PNG/JPEG; transparent pixels become white, resized to th
 or a dataset record ``FILE.h5:INDEX`` (its view 0). Writes to ``--output`` (default reconstruction/):
   part_000.obj ...   one closed mesh per primitive (an icosphere mapped by phi)
   parts.ply|glb      all primitives in one mesh, each in its own colour
-  preview.png        [input | primitives from the input camera | from the side], headless renderer
+  preview.png        [input | primitives from the input camera | from the side | target (a record's surface
+                     points) from the side], headless renderer
+  view.html          the interactive viewer: parts in their colours, the input image, the target (a record)
   union.obj          with --union: one watertight mesh of {G(x) < 0} by multiresolution marching cubes
 Units: the records' normalised frame (longest side 1, centred).
 """
@@ -18,10 +20,20 @@ from pathlib import Path
 
 from .checkpoint import load_model
 from .cli import run_command
+from .data.render import render_meshes
 from .export import export_mesh, export_parts
-from .meshing import union_mesh
-from .preview import SIDE_VIEW, render_primitives, save_png, titled_grid, view_camera
+from .meshing import primitive_meshes, union_mesh
+from .preview import (
+    RECORD_TITLES,
+    SIDE_VIEW,
+    coloured_meshes,
+    render_target,
+    save_png,
+    titled_grid,
+    view_camera,
+)
 from .runtime import pick_device
+from .viewer import write_viewer
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def read_input(text: str, image_size: int):
-    """(model input (1, 3, S, S), RGB uint8 image, data.render.Camera or None, description)."""
+    """(model input (1, 3, S, S), RGB uint8 image, data.render.Camera or None, description, the record or None)."""
     from .data.render import Camera
 
     match = re.fullmatch(r"(.+\.h5):(-?\d+)", text)
@@ -56,13 +68,14 @@ def read_input(text: str, image_size: int):
         image = rec["images"][0]
         size = image.shape[0]
         camera = Camera(rec["camera_K"][0], rec["camera_Rt"][0], size, image.shape[1])
-        return normalise_image(image, image_size)[None], image, camera, f"{path} record {match.group(2)} ({rec['name']})"
+        what = f"{path} record {match.group(2)} ({rec['name']})"
+        return normalise_image(image, image_size)[None], image, camera, what, rec
     if text.endswith(".h5"):
         raise ValueError(f"{text}: address a record as FILE.h5:INDEX")
     from .data.images import read_image
 
     inputs, image = read_image(text, image_size)
-    return inputs, image, None, text
+    return inputs, image, None, text, None
 
 
 def run(args) -> int:
@@ -76,16 +89,22 @@ def run(args) -> int:
     cfg = model.config
     if cfg.feature_extractor.type != "resnet18":
         raise ValueError(f"{args.checkpoint}: this model has no image encoder; use the fit command's exports")
-    inputs, image, camera, what = read_input(args.input, cfg.data.image_size)
+    inputs, image, camera, what, record = read_input(args.input, cfg.data.image_size)
     t0 = time.perf_counter()
     prims = model.predict(inputs.to(device))
     out = Path(args.output)
     written = export_parts(prims, out, args.min_vertices, args.format)
     size = args.preview_size
     view = camera if camera is not None else view_camera(size=size)
-    tiles = [image, render_primitives(prims, view, size), render_primitives(prims, view_camera(SIDE_VIEW, size), size)]
-    grid = titled_grid([tiles], ["input", "prediction (input view)", "prediction (side)"], size)
-    written.append(save_png(grid, out / "preview.png"))
+    side, meshes = view_camera(SIDE_VIEW, size), coloured_meshes(prims)
+    tiles = [image, render_meshes(meshes, view, size), render_meshes(meshes, side, size)]
+    if record is not None:
+        tiles.append(render_target(record, side, size))
+    written.append(save_png(titled_grid([tiles], RECORD_TITLES[:len(tiles)], size), out / "preview.png"))
+    target = None if record is None else {"points": record["surface_points"], "normals": record["surface_normals"]}
+    written.append(write_viewer(out / "view.html", primitive_meshes(prims, args.min_vertices), image=image,
+                                target=target, title=what, metrics={"primitives": model.n_primitives,
+                                                                    "checkpoint step": model.step}))
     if args.union:
         import trimesh
 

@@ -34,9 +34,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def configure(runtime) -> torch.device:
-    """Apply a ``RuntimeConfig``: seeds, CPU threads, matmul precision; returns the chosen device."""
-    seed_everything(runtime.seed)
+def configure(runtime, rank: int = 0) -> torch.device:
+    """Apply a ``RuntimeConfig``: seeds, CPU threads, matmul precision; returns the chosen device.
+
+    ``rank`` (torchrun): the RNGs of rank r get ``distributed.rank_seed(seed, r)`` (rank 0: ``runtime.seed``).
+    """
+    from .distributed import rank_seed
+
+    seed_everything(rank_seed(runtime.seed, rank))
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
     torch.set_float32_matmul_precision("high" if runtime.tf32 else "highest")

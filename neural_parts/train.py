@@ -6,14 +6,17 @@ visibly within ~10 minutes on a 2-core CPU) until interrupted (Ctrl-C or SIGTERM
 
 Run folder (``--output``, default runs/<config>-<YYYYmmdd-HHMMSS>): config.yaml, metrics.jsonl,
 train.log, preview.png (+ previews/step_<n>.png), last.pt, best.pt (highest validation IoU on a
-fixed seeded subset), step_<n>.pt. ``--resume DIR`` continues a run from its last.pt.
+fixed seeded subset), step_<n>.pt, run_info.json (world size and global batch of each start).
+``--resume DIR`` continues a run from its last.pt.
+
+Several processes: ``torchrun --nproc-per-node N -m neural_parts.train ...`` trains with DistributedDataParallel
+(see ``distributed.py`` and the README, "Several GPUs or machines"); rank 0 writes the run folder.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import random
 import signal
 import sys
 import time
@@ -22,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import engine
+from . import distributed, engine
 from .atomic import atomic_path
 from .checkpoint import (
     CheckpointError,
@@ -31,12 +34,12 @@ from .checkpoint import (
     load_model_state,
     prune_step_checkpoints,
     save_checkpoint,
-    set_rng_state,
 )
 from .cli import run_command
 from .config import Config, ConfigError, dump, from_dict, load_config
 from .models import NeuralParts
-from .preview import SIDE_VIEW, render_primitives, save_png, titled_grid, view_camera
+from .preview import record_preview, save_png
+from .report import training_report
 from .runtime import configure
 
 log = logging.getLogger("neural_parts")
@@ -84,29 +87,48 @@ def load_encoder_weights(model: NeuralParts, cfg: Config) -> None:
         raise ConfigError(f"feature_extractor.weights {weights}: {e}") from None
 
 
-def data_folder(cfg: Config, progress: bool = True) -> Path:
-    """The dataset folder of ``data.dataset``; builds the built-in synthetic dataset when missing."""
-    from .data import SYNTHETIC_NAME, default_data_dir, prepare_synthetic
+def start_on_parts(model: NeuralParts, train_set, constant, device: torch.device, seed: int,
+                   n_images: int = 32) -> None:
+    """``network.init: parts``: primitives start on the k-means parts of the training set's constant shape,
+    fitted over the first ``n_images`` training images' conditions (``initialise.initialise_primitives``)."""
+    from .initialise import initialise_primitives
+
+    images = torch.stack([train_set[i]["image"] for i in range(min(n_images, len(train_set)))]).to(device)
+    initialise_primitives(model, images, constant.inside_cells(), np.random.default_rng(seed))
+
+
+def data_folder(cfg: Config, progress: bool = True, build: bool = True) -> Path:
+    """The dataset folder of ``data.dataset``; builds a missing built-in dataset (when ``build``)."""
+    from .data import SYNTHETIC_NAME, default_data_dir, prepare_humans, prepare_synthetic
+    from .data.sources import HUMANS_NAME
 
     name = cfg.data.dataset
     folder = Path(name) if ("/" in name or Path(name).is_dir()) else default_data_dir(name)
     splits = (cfg.data.train_split, cfg.data.val_split)
     if all((folder / f"{s}.h5").is_file() for s in splits):
         return folder
-    if name == SYNTHETIC_NAME:
-        log.info("preparing the built-in dataset in %s (once; resumable)", folder)
+    built_in = {SYNTHETIC_NAME: prepare_synthetic, HUMANS_NAME: prepare_humans}
+    if name in built_in and build:
+        log.info("preparing the built-in dataset %s in %s (once; resumable)", name, folder)
         t0 = time.perf_counter()
-        prepare_synthetic(folder, progress=progress)
+        built_in[name](folder, progress=progress)
         log.info("dataset ready in %.0f s", time.perf_counter() - t0)
         return folder
     missing = [str(folder / f"{s}.h5") for s in splits if not (folder / f"{s}.h5").is_file()]
     raise FileNotFoundError(f"dataset files not found: {', '.join(missing)}; build them with "
-                            "`python -m neural_parts.prepare ...` or set data.dataset to a folder")
+                            "`python -m neural_parts.prepare ...` or set data.dataset to a folder"
+                            + ("" if build else " (torchrun on several machines: every node must see the dataset)"))
 
 
-def _setup_logging(run_dir: Path) -> list[logging.Handler]:
-    """Log to stdout and run_dir/train.log (npkernels' messages to the file too); returns the handlers."""
+def _setup_logging(run_dir: Path, ranks: distributed.Ranks) -> list[logging.Handler]:
+    """Log to stdout and run_dir/train.log (npkernels' messages to the file too); returns the handlers.
+    Ranks > 0 log only warnings and errors, to stderr."""
     log.setLevel(logging.INFO)
+    if not ranks.main:
+        handler = distributed.other_rank_handler(ranks.rank)
+        log.addHandler(handler)
+        logging.getLogger("npkernels").addHandler(handler)
+        return [handler]
     fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
     handlers = [logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / "train.log")]
     for handler in handlers:
@@ -150,12 +172,13 @@ def truncate_metrics(path: Path, step: int) -> int:
 
 
 class MetricsLog:
-    """metrics.jsonl (appended, one JSON object per line) and TensorBoard when available."""
+    """metrics.jsonl (appended, one JSON object per line) and TensorBoard when available; writes nothing
+    unless ``enabled`` (ranks > 0)."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool):
-        self.file = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed by close())
+    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool = True):
+        self.file = open(run_dir / "metrics.jsonl", "a") if enabled else None  # noqa: SIM115 (closed by close())
         self.tb = None
-        if tensorboard:
+        if tensorboard and enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 self.tb = SummaryWriter(str(run_dir / "tensorboard"))
@@ -163,6 +186,8 @@ class MetricsLog:
                 pass
 
     def write(self, split: str, step: int, elapsed: float, values: dict) -> None:
+        if self.file is None:
+            return
         row = {"split": split, "step": step, "elapsed_s": round(elapsed, 1), "time": time.strftime("%H:%M:%S"),
                **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in values.items()}}
         self.file.write(json.dumps(row) + "\n")
@@ -173,43 +198,30 @@ class MetricsLog:
                     self.tb.add_scalar(f"{split}/{k}", v, step)
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.tb is not None:
             self.tb.close()
 
 
-def _effective_backend(requested: str, device: torch.device, info: dict) -> str:
-    """What npkernels will run for this model: "triton (fused kernels)" or "reference (PyTorch)"."""
-    if requested == "auto":
-        requested = info["env_override"]
-    if requested == "auto":
-        requested = info["auto_backend_on_cuda"] if device.type == "cuda" else "reference"
-    return "triton (fused kernels)" if requested == "triton" else "reference (PyTorch)"
+def _effective_backend(requested: str, device: torch.device) -> str:
+    """What npkernels runs for this model's coupling maps on ``device`` (asking its dispatcher, which on CUDA
+    runs the kernels' first-use check): "triton (fused kernels)" or "reference (PyTorch)"."""
+    from npkernels._dispatch import select_backend
+
+    try:
+        chosen = select_backend("coupling", torch.zeros(1, device=device), backend=requested)
+    except RuntimeError as e:
+        raise ConfigError(f"runtime.kernel_backend={requested}: {e}") from None
+    return "triton (fused kernels)" if chosen == "triton" else "reference (PyTorch)"
 
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def preview(model, dataset, indices: list[int], device) -> np.ndarray:
-    """Rows of [input image, primitives seen from the input camera, from the side] for validation shapes."""
-    from .data.render import Camera
-
-    rows, size = [], 0
-    for i in indices:
-        rec = dataset.record(i)
-        image = rec["images"][0]
-        size = image.shape[0]
-        item = dataset[i]
-        prims = model.predict(model.inputs({k: v[None].to(device) for k, v in item.items()}))
-        cam = Camera(rec["camera_K"][0], rec["camera_Rt"][0], size, size)
-        rows.append([image, render_primitives(prims, cam, size),
-                     render_primitives(prims, view_camera(SIDE_VIEW, size), size)])
-    return titled_grid(rows, ["input", "prediction (input view)", "prediction (side)"], size)
-
-
 def run(args) -> int:
-    """Resolve the config and run folder (new run or --resume), then train."""
+    """Resolve the config, join torchrun's ranks (if any) and the run folder (new run or --resume), then train."""
     resume = None
     if args.resume:
         run_dir = Path(args.resume)
@@ -219,20 +231,32 @@ def run(args) -> int:
         cfg = from_dict(resume["config"]).replace(_overrides(args))
     else:
         cfg = load_config(args.config, _overrides(args))
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(args.output or f"runs/{cfg.name}-{stamp}")
-        if (run_dir / "last.pt").exists():
-            raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                              "or choose another --output")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"run folder {run_dir} exists and is not a folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_text(run_dir / "config.yaml", dump(cfg))
-    handlers = _setup_logging(run_dir)
+    ranks = distributed.init(cfg.runtime.device, cfg.runtime.collective_timeout_s)
     try:
-        return _train(args, cfg, run_dir, resume)
+        if resume is None:
+            stamp = ranks.broadcast(time.strftime("%Y%m%d-%H%M%S"))  # one run folder for every rank
+            run_dir = Path(args.output or f"runs/{cfg.name}-{stamp}")
+            if (run_dir / "last.pt").exists():
+                raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                                  "or choose another --output")
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"run folder {run_dir} exists and is not a folder")
+        if ranks.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            _write_text(run_dir / "config.yaml", dump(cfg))
+        handlers = _setup_logging(run_dir, ranks)
+        try:
+            return _train(args, cfg, run_dir, resume, ranks)
+        except RuntimeError as e:
+            if ranks.distributed and distributed.is_collective_failure(e):
+                raise distributed.rank_failure(e, ranks, "runtime.collective_timeout_s", f"the checkpoints in "
+                                               f"{run_dir} are complete (written atomically); continue with "
+                                               f"--resume {run_dir}") from None
+            raise
+        finally:
+            _remove_logging(handlers)
     finally:
-        _remove_logging(handlers)
+        distributed.teardown()
 
 
 def _best_iou(run_dir: Path, resume: dict) -> float:
@@ -243,43 +267,55 @@ def _best_iou(run_dir: Path, resume: dict) -> float:
     return best
 
 
-def _train(args, cfg: Config, run_dir: Path, resume: dict | None) -> int:
+def _train(args, cfg: Config, run_dir: Path, resume: dict | None, ranks: distributed.Ranks) -> int:
     """Build data, model and optimiser (restored when resuming), then train until max_steps or Ctrl-C."""
     rt, train_cfg, val_cfg, data_cfg = cfg.runtime, cfg.training, cfg.validation, cfg.data
-    device = configure(rt)
+    configure(rt, ranks.rank)
+    device = ranks.device
     model = NeuralParts.from_config(cfg).to(device)
     if resume is None:
         load_encoder_weights(model, cfg)
 
     from .data import NeuralPartsDataset
-    folder = data_folder(cfg, progress=not args.quiet)
+    if not ranks.main:
+        ranks.barrier()  # rank 0 builds a missing built-in dataset first
+    folder = data_folder(cfg, progress=not args.quiet, build=ranks.main)
+    if ranks.main:
+        ranks.barrier()
     common = {"n_surface": data_cfg.n_points_on_mesh, "equal": data_cfg.equal, "image_size": data_cfg.image_size,
               "categories": data_cfg.categories}
     train_set = NeuralPartsDataset(folder / f"{data_cfg.train_split}.h5", n_volume=data_cfg.n_points_in_mesh,
                                    random_view=data_cfg.random_view, seed=rt.seed, **common)
     val_set = NeuralPartsDataset(folder / f"{data_cfg.val_split}.h5", n_volume=val_cfg.n_points_in_mesh,
                                  seed=val_cfg.seed, **common)
-    order = np.random.default_rng(val_cfg.seed).permutation(len(val_set))
-    val_indices = sorted(order[:val_cfg.n_shapes].tolist())
+    val_indices = engine.validation_indices(len(val_set), val_cfg)
 
     optimizer = engine.make_optimizer(cfg, model.parameters())
-    step, best_iou, elapsed0 = 0, -1.0, 0.0
+    step, best_iou, elapsed0, position = 0, -1.0, 0.0, (0, 0)
     if resume is not None:
         load_model_state(model, resume["model"], source=resume["path"])
         optimizer.load_state_dict(resume["optimizer"])
-        set_rng_state(resume["rng"])
+        saved_rng = distributed.restore_rng(resume, ranks, rt.seed)
         step = resume["step"]
+        position = distributed.resume_position(resume, len(train_set))
         best_iou = _best_iou(run_dir, resume)
         elapsed0 = resume["metrics"].get("elapsed_s", 0.0)
-        removed = truncate_metrics(run_dir / "metrics.jsonl", step)
+        removed = truncate_metrics(run_dir / "metrics.jsonl", step) if ranks.main else 0
         log.info("resumed %s at step %d%s", resume["path"], step,
                  f" (dropped {removed} metrics.jsonl rows written after it)" if removed else "")
+        for note in distributed.resume_notes(resume, ranks, train_cfg, position, saved_rng):
+            log.info(note)
 
     from npkernels.env import report
     info = report()  # the same facts as `python -m npkernels.env`, labeller tier included
     log.info("run folder: %s", run_dir.resolve())
+    devices = ranks.devices()
+    log.info("%s", ranks.describe(devices))
+    log.info("batch: %s", distributed.batch_description(train_cfg, ranks.world_size))
+    if ranks.main:
+        distributed.write_run_info(run_dir, ranks, train_cfg, step, devices)
     log.info("device: %s | kernel backend: %s (runtime.kernel_backend=%s) | float32 matmul precision: %s (tf32 %s)",
-             device, _effective_backend(model.kernel_backend, device, info), model.kernel_backend,
+             device, _effective_backend(model.kernel_backend, device), model.kernel_backend,
              torch.get_float32_matmul_precision(), "on" if rt.tf32 else "off")
     log.info("environment: %s", ", ".join(f"{k}={v}" for k, v in info.items()))
     log.info("config %s: M=%d, F=%d, hidden %d, projection %d, image %d, N=%d, N_s=%d, S=%d, batch %dx%d, %s lr %g; "
@@ -290,45 +326,62 @@ def _train(args, cfg: Config, run_dir: Path, resume: dict | None) -> int:
              engine.count_parameters(model), len(train_set), len(val_set), folder)
 
     t0 = time.perf_counter()
-    floor = engine.constant_shape_floor(train_set, val_set, val_indices, device)["iou"]
+    constant = engine.fit_constant_shape(train_set)
+    floor = engine.constant_shape_floor(constant, val_set, val_indices, device, ranks=ranks)["iou"]
     log.info("constant-shape floor: validation IoU %.4f (the best single shape of the training set; %.1f s)", floor,
              time.perf_counter() - t0)
+    if resume is None and cfg.network.init == "parts":
+        start_on_parts(model, train_set, constant, device, rt.seed)
+        log.info("primitives start on the %d k-means parts of the constant shape (network.init=parts)",
+                 cfg.network.n_primitives)
 
-    trainer = engine.Trainer(model, optimizer, cfg.loss, train_cfg.clip_grad_norm, train_cfg.max_nonfinite_steps)
-    batches = engine.infinite_batches(train_set, train_cfg.batch_size, rt.seed, start=step * train_cfg.aggregate,
-                                      num_workers=data_cfg.num_workers, device=device)
-    metrics = MetricsLog(run_dir, rt.tensorboard)
+    trainer = engine.Trainer(model, optimizer, cfg.loss, train_cfg.clip_grad_norm, train_cfg.max_nonfinite_steps,
+                             ranks=ranks)
+    batches = engine.infinite_batches(train_set, train_cfg.batch_size, rt.seed, start=position,
+                                      num_workers=data_cfg.num_workers, device=device, rank=ranks.rank,
+                                      world_size=ranks.world_size)
+    metrics = MetricsLog(run_dir, rt.tensorboard, enabled=ranks.main)
     t_start = time.perf_counter()
 
     def elapsed() -> float:
         return elapsed0 + time.perf_counter() - t_start
 
-    def checkpoint(name: str) -> None:
-        save_checkpoint(run_dir / name, model=model, config=cfg, step=step, optimizer=optimizer,
-                        metrics={"best_iou": best_iou, "elapsed_s": elapsed()})
+    def checkpoint(name: str, every_rank: bool = False) -> None:
+        """Rank 0 writes ``name``; ``every_rank`` (a point all ranks reach) also stores each rank's RNG state."""
+        rng_ranks = distributed.gather_rng_states(ranks) if every_rank and ranks.distributed else None
+        if ranks.main:
+            save_checkpoint(run_dir / name, model=model, config=cfg, step=step, optimizer=optimizer,
+                            metrics={"best_iou": best_iou, "elapsed_s": elapsed()},
+                            extra={"data_position": list(position), "world_size": ranks.world_size,
+                                   **({"rng_ranks": rng_ranks} if rng_ranks else {})})
 
     def validation() -> None:
         nonlocal best_iou
         t0 = time.perf_counter()
-        result = engine.validate(model, val_set, val_indices, device)
-        metrics.write("val", step, elapsed(), result)
+        ranks.broadcast_buffers(model)  # rank 0's BatchNorm statistics, which its checkpoints hold
+        result = engine.validate(model, val_set, val_indices, device, ranks=ranks)
         improved = result["iou"] > best_iou
         if improved:
             best_iou = result["iou"]
+        if not ranks.main:
+            return
+        metrics.write("val", step, elapsed(), result)
+        if improved:
             checkpoint("best.pt")
         if val_cfg.preview_shapes > 0:
-            image = preview(model, val_set, val_indices[:val_cfg.preview_shapes], device)
+            image = record_preview(model, val_set, val_indices[:val_cfg.preview_shapes], device)
             (run_dir / "previews").mkdir(exist_ok=True)
             save_png(image, run_dir / "previews" / f"step_{step:07d}.png")
             save_png(image, run_dir / "preview.png")
+        training_report(run_dir)  # report.html: curves, previews, viewers of best.pt
         log.info("step %d (%.0f s): validation IoU %.4f on %d shapes%s (constant-shape floor %.4f; %.1f s)", step,
                  elapsed(), result["iou"], len(val_indices), " (best)" if improved else "", floor,
                  time.perf_counter() - t0)
 
     max_steps = train_cfg.max_steps
     from tqdm import tqdm
-    bar = tqdm(total=max_steps or None, initial=step, unit="step", disable=args.quiet, mininterval=2,
-               dynamic_ncols=True)
+    bar = tqdm(total=max_steps or None, initial=step, unit="step", disable=args.quiet or not ranks.main,
+               mininterval=2, dynamic_ncols=True)
     last_val_time, last_val_step = time.perf_counter(), step
     running: dict[str, list[float]] = {}
     if resume is None:
@@ -337,8 +390,11 @@ def _train(args, cfg: Config, run_dir: Path, resume: dict | None) -> int:
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` saves last.pt like Ctrl-C
     try:
         while not max_steps or step < max_steps:
-            values = trainer.step([next(batches) for _ in range(train_cfg.aggregate)])
+            lr = engine.learning_rate(train_cfg, step)
+            engine.set_learning_rate(optimizer, lr)
+            values = {**trainer.step([next(batches) for _ in range(train_cfg.aggregate)]), "lr": lr}
             step += 1
+            position = batches.position
             bar.update(1)
             if values["skipped"]:
                 log.warning("step %d: non-finite loss or gradient (loss %s); update skipped (%d so far)", step,
@@ -352,13 +408,16 @@ def _train(args, cfg: Config, run_dir: Path, resume: dict | None) -> int:
                 bar.set_postfix(loss=f"{means['total']:.4f}", iou=f"{means.get('iou', float('nan')):.3f}")
             due = (time.perf_counter() - last_val_time >= val_cfg.every_seconds if val_cfg.every_seconds
                    else step % val_cfg.every_steps == 0)
+            if val_cfg.every_seconds:
+                due = ranks.broadcast(due)  # rank 0's clock decides for every rank
             if due:  # before the checkpoint: last.pt then holds this validation's best IoU
                 validation()
                 last_val_time, last_val_step = time.perf_counter(), step
             if step % train_cfg.checkpoint_every == 0:
-                checkpoint(f"step_{step}.pt")
-                atomic_link(run_dir / f"step_{step}.pt", run_dir / "last.pt")
-                prune_step_checkpoints(run_dir, train_cfg.keep_checkpoints)
+                checkpoint(f"step_{step}.pt", every_rank=True)
+                if ranks.main:
+                    atomic_link(run_dir / f"step_{step}.pt", run_dir / "last.pt")
+                    prune_step_checkpoints(run_dir, train_cfg.keep_checkpoints)
     except KeyboardInterrupt:
         bar.close()
         checkpoint("last.pt")
@@ -370,7 +429,7 @@ def _train(args, cfg: Config, run_dir: Path, resume: dict | None) -> int:
     bar.close()
     if last_val_step != step:
         validation()
-    checkpoint("last.pt")
+    checkpoint("last.pt", every_rank=True)
     metrics.close()
     log.info("finished %d steps in %.0f s; best validation IoU %.4f; run folder %s", step, elapsed(), best_iou,
              run_dir)

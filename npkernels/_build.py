@@ -3,24 +3,26 @@
 setup.py runs this file with ``runpy`` (so the unbuilt package is never imported) and calls
 ``setup_extensions(repo_root)``; ``npkernels._ext`` imports it for the just-in-time build.
 
-Environment variables (build time):
-  NP_NO_EXTENSION=1   build nothing (the JIT build on first use is still possible)
-  FORCE_ONLY_CPU=1    build the CPU extension only
-  NVCC_FLAGS          extra nvcc flags, appended
-  DEBUG=1             -O0 -g (and -lineinfo for nvcc)
-  TORCH_CUDA_ARCH_LIST  torch's own; defaults to "9.0" here when no GPU is visible
+Environment variables (declared in ``_settings``): NPKERNELS_NO_EXTENSION=1 builds nothing (the
+JIT build on first use is still possible), NPKERNELS_FORCE_CPU=1 the CPU extension only,
+NPKERNELS_NVCC_FLAGS extra nvcc flags, NPKERNELS_DEBUG=1 -O0 -g (and -lineinfo for nvcc);
+TORCH_CUDA_ARCH_LIST (torch's own) defaults to "9.0" here when no GPU is visible.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import runpy
 import shutil
+import types
+
+if __package__:  # imported as npkernels._build (the JIT build)
+    from . import _settings
+else:  # run by setup.py with runpy, before the package is importable
+    _settings = types.SimpleNamespace(
+        **runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_settings.py")))
 
 EXT_NAME = "npkernels._C"
-
-
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "") not in ("", "0", "false", "False")
 
 
 def csrc_dir(repo_root: str) -> str:
@@ -31,7 +33,7 @@ def csrc_dir(repo_root: str) -> str:
 def sources(repo_root: str, with_cuda: bool) -> list[str]:
     """Absolute source paths; the .cu and its ATen glue only with CUDA."""
     root = csrc_dir(repo_root)
-    files = ["ext.cpp", os.path.join("cpu", "inside_mesh_cpu.cpp")]
+    files = ["ext.cpp", os.path.join("cpu", "inside_mesh_cpu.cpp"), os.path.join("cpu", "boundary_tree.cpp")]
     if with_cuda:
         files += [os.path.join("cuda", "inside_mesh_cuda.cu"), os.path.join("cuda", "inside_mesh_glue.cpp")]
     return [os.path.join(root, f) for f in files]
@@ -39,14 +41,14 @@ def sources(repo_root: str, with_cuda: bool) -> list[str]:
 
 def has_cxx_compiler() -> bool:
     """True when a C++ compiler is on PATH (``$CXX``, c++, g++ or clang++)."""
-    candidates = [os.environ.get("CXX", ""), "c++", "g++", "clang++"]
+    candidates = [_settings.get("CXX"), "c++", "g++", "clang++"]
     return any(c and shutil.which(c.split()[0]) for c in candidates)
 
 
 def nvcc_path() -> str | None:
     """nvcc from CUDA_HOME / CUDA_PATH, else from PATH."""
     for var in ("CUDA_HOME", "CUDA_PATH"):
-        home = os.environ.get(var)
+        home = _settings.get(var)
         if home and os.path.isfile(os.path.join(home, "bin", "nvcc")):
             return os.path.join(home, "bin", "nvcc")
     return shutil.which("nvcc")
@@ -56,7 +58,7 @@ def want_cuda() -> bool:
     """Build the CUDA kernel: torch is a CUDA build and nvcc is found (a GPU need not be visible)."""
     import torch
 
-    if _truthy("FORCE_ONLY_CPU"):
+    if _settings.flag("NPKERNELS_FORCE_CPU"):
         return False
     return torch.version.cuda is not None and nvcc_path() is not None
 
@@ -65,7 +67,7 @@ def flags(with_cuda: bool) -> dict:
     """Compiler/linker flags: {"cxx": [...], "nvcc": [...], "ldflags": [...]}."""
     import torch
 
-    debug = _truthy("DEBUG")
+    debug = _settings.flag("NPKERNELS_DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
     cxx = list(opt)  # no -std: torch's build helpers add the standard its headers need
     ldflags = []
@@ -77,7 +79,7 @@ def flags(with_cuda: bool) -> dict:
         cxx.append("-DNP_WITH_CUDA")
         # -fmad=false: no FMA contraction, so the float part (open-boundary term) rounds as on the CPU.
         nvcc = opt + ["--expt-relaxed-constexpr", "-fmad=false"] + (["-lineinfo"] if debug else [])
-        nvcc += os.environ.get("NVCC_FLAGS", "").split()
+        nvcc += _settings.get("NPKERNELS_NVCC_FLAGS").split()
     return {"cxx": cxx, "nvcc": nvcc, "ldflags": ldflags}
 
 
@@ -85,22 +87,22 @@ def default_arch_list() -> None:
     """Set TORCH_CUDA_ARCH_LIST=9.0 when unset and no GPU is visible (the project's H100s)."""
     import torch
 
-    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+    if not _settings.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
 
 
 def jit_name(with_cuda: bool) -> str:
     """JIT module name: the flags (and CUDA arch list) hashed into it, so a change rebuilds."""
     f = flags(with_cuda)
-    key = repr((f, with_cuda, os.environ.get("TORCH_CUDA_ARCH_LIST", "") if with_cuda else ""))
+    key = repr((f, with_cuda, _settings.get("TORCH_CUDA_ARCH_LIST") if with_cuda else ""))
     return "npkernels_C_" + hashlib.sha1(key.encode()).hexdigest()[:10]
 
 
 def setup_extensions(repo_root: str) -> tuple[list, dict]:
     """(ext_modules, cmdclass) for setup.py; ([], {}) when nothing can or should be built."""
-    if _truthy("NP_NO_EXTENSION"):
-        print("*" * 72 + "\nnpkernels: NP_NO_EXTENSION=1 -> the inside-mesh extension is NOT built;\n"
-              "it will be compiled on first use (JIT) unless NP_JIT=0.\n" + "*" * 72)
+    if _settings.flag("NPKERNELS_NO_EXTENSION"):
+        print("*" * 72 + "\nnpkernels: NPKERNELS_NO_EXTENSION=1 -> the inside-mesh extension is NOT built;\n"
+              "it will be compiled on first use (JIT) unless NPKERNELS_JIT=0.\n" + "*" * 72)
         return [], {}
     if not has_cxx_compiler():
         print("npkernels: no C++ compiler found; the extension is not built (pure-PyTorch labeller)")

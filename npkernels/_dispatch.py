@@ -1,13 +1,18 @@
-"""Backend selection shared by every npkernels op.
+"""Backend selection shared by every npkernels op family: one ``select_backend``.
 
-Rules (one function for all ops):
-- ``backend="reference"`` always runs the pure-PyTorch reference.
-- ``backend="triton"`` runs the Triton kernel or raises ``RuntimeError`` naming the unmet
-  condition (Triton missing or too old, the op has no kernel, tensors not on CUDA while
-  ``TRITON_INTERPRET`` is not 1).
-- ``backend="auto"`` picks Triton only when every tensor is on CUDA and Triton is usable;
-  otherwise the reference. Falling back for CUDA tensors logs one line per op and process.
-- ``NPKERNELS_BACKEND`` (auto | triton | reference) overrides ``"auto"`` process-wide.
+Vocabulary: every op takes ``backend="auto"`` (the default), ``"reference"`` (the pure-PyTorch
+reference, always available) or the name of one of its family's kernels (``KERNELS``):
+``"triton"`` (coupling, implicit, knn), ``"pytorch3d"`` (knn) and ``"extension"`` (inside_mesh:
+the C++/CUDA ``npkernels._C``).
+- An explicit kernel name runs that kernel or raises ``RuntimeError`` naming the unmet condition
+  (not installed, too old, tensors not on CUDA while TRITON_INTERPRET is not 1, no float64 kernel,
+  a failed first-use check); it never falls back.
+- ``"auto"`` picks Triton for tensors on a CUDA device (``AUTO_KERNEL_DEVICES``) in a dtype it has a
+  kernel for, once the first-use check (``_selfcheck``) of that family passed there; the extension for
+  inside_mesh when it loads; the reference otherwise, with one log line where a kernel was expected.
+  It never picks PyTorch3D: its tie-breaking differs from ours and cannot be checked here.
+- ``NPKERNELS_BACKEND`` replaces ``"auto"`` process-wide: ``reference`` for every op, or a kernel
+  name for the families that have that kernel (the others stay on auto).
 """
 from __future__ import annotations
 
@@ -15,14 +20,21 @@ import functools
 import importlib
 import importlib.util
 import logging
-import os
 
 import torch
 
+from . import _settings
+
 log = logging.getLogger("npkernels")
 
-BACKENDS = ("auto", "triton", "reference")
-MIN_TRITON = (3, 2)
+KERNELS = {"coupling": ("triton",), "implicit": ("triton",), "knn": ("triton", "pytorch3d"),
+           "inside_mesh": ("extension",)}
+"""The kernel backends of each op family, besides "auto" and "reference"."""
+BACKENDS = ("auto", "reference", *sorted({k for names in KERNELS.values() for k in names}))
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+AUTO_KERNEL_DEVICES = ("cuda",)
+"""Device types on which "auto" runs Triton kernels (and their first-use check); tests add "cpu"
+under the interpreter to exercise that path without a GPU."""
 _warned: set[str] = set()
 
 
@@ -35,7 +47,7 @@ def log_once(key: str, message: str, level: int = logging.INFO) -> None:
 
 def interpreter_enabled() -> bool:
     """True when Triton's CPU interpreter is requested (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return _settings.flag("TRITON_INTERPRET")
 
 
 @functools.lru_cache(maxsize=None)
@@ -50,8 +62,9 @@ def triton_status() -> tuple[bool, str]:
     except PackageNotFoundError:
         return False, "triton is importable but has no package metadata"
     parts = tuple(int(p) for p in text.split("+")[0].split(".")[:2] if p.isdigit())
-    if parts < MIN_TRITON:
-        return False, f"triton {text} is older than the required {'.'.join(map(str, MIN_TRITON))}"
+    if parts < _settings.MIN_TRITON:
+        floor = ".".join(map(str, _settings.MIN_TRITON))
+        return False, f"triton {text} is older than the required {floor}"
     return True, f"triton {text}"
 
 
@@ -63,50 +76,112 @@ def kernel_module(family: str):
     return importlib.import_module(name)
 
 
-def _env_backend() -> str:
-    value = os.environ.get("NPKERNELS_BACKEND", "auto").strip().lower() or "auto"
+def _env_backend(family: str) -> str:
+    """What ``NPKERNELS_BACKEND`` makes of ``backend="auto"`` for ``family``."""
+    value = _settings.get("NPKERNELS_BACKEND").lower()
     if value not in BACKENDS:
         raise ValueError(f"NPKERNELS_BACKEND must be one of {BACKENDS}, got {value!r}")
-    return value
+    return value if value in ("auto", "reference", *KERNELS[family]) else "auto"
+
+
+def _floating_dtype(tensors: list[torch.Tensor]) -> torch.dtype | None:
+    return next((t.dtype for t in tensors if t.is_floating_point()), None)
+
+
+def _triton_unusable(family: str) -> str | None:
+    """Why Triton cannot run ``family`` at all (None when it can)."""
+    usable, why = triton_status()
+    if not usable:
+        return why
+    if importlib.util.find_spec(f"npkernels.{family}._triton") is None:
+        return f"npkernels has no Triton kernel for {family}"
+    return None
+
+
+def _extension_unusable() -> str | None:
+    from . import _ext
+
+    if _ext.get_ext() is not None:
+        return None
+    return f"the npkernels._C extension is unavailable ({_ext.ext_status()})"
+
+
+def _explicit(family: str, backend: str, tensors: list[torch.Tensor], source: str) -> str:
+    """Validate an explicit kernel request; return it or raise RuntimeError naming the unmet condition."""
+    where = f"{source}={backend!r} for {family}"
+    if backend == "pytorch3d":
+        if importlib.util.find_spec("pytorch3d") is None:
+            raise RuntimeError(f"{where}, but pytorch3d is not installed")
+        return backend
+    if backend == "extension":
+        why = _extension_unusable()
+        if why:
+            raise RuntimeError(f"{where}, but {why}")
+        return backend
+    why = _triton_unusable(family)
+    if why:
+        raise RuntimeError(f"{where}, but {why}")
+    devices = sorted({str(t.device) for t in tensors})
+    if not (tensors and all(t.is_cuda for t in tensors)) and not interpreter_enabled():
+        raise RuntimeError(f"{where} with tensors on {devices}; Triton needs CUDA tensors "
+                           "(or TRITON_INTERPRET=1 for the CPU interpreter)")
+    dtype = _floating_dtype(tensors)
+    if dtype is not None and dtype not in TRITON_DTYPES:
+        raise RuntimeError(f"{where}: the Triton kernels take {[str(d) for d in TRITON_DTYPES]}, got {dtype} "
+                           "(backend='reference' runs it)")
+    if tensors and tensors[0].device.type in AUTO_KERNEL_DEVICES:
+        from . import _selfcheck
+
+        _selfcheck.require(family, tensors[0].device, dtype or torch.float32)
+    return backend
+
+
+def _auto(family: str, tensors: list[torch.Tensor]) -> str:
+    """The backend "auto" picks (see the module docstring); logs once where it falls back."""
+    if family == "inside_mesh":
+        return "extension" if _extension_unusable() is None else "reference"
+    if not tensors or tensors[0].device.type not in AUTO_KERNEL_DEVICES:
+        return "reference"
+    device = tensors[0].device
+    if any(t.device != device for t in tensors):
+        return "reference"
+    why = _triton_unusable(family)
+    dtype = _floating_dtype(tensors) or torch.float32
+    if why is None and dtype not in TRITON_DTYPES:
+        why = f"no {dtype} kernel"
+    if why is None:
+        from . import _selfcheck
+
+        return "triton" if _selfcheck.passed(family, device, dtype) else "reference"  # a failure logs itself
+    level = logging.INFO if dtype not in TRITON_DTYPES else logging.WARNING
+    log_once(f"fallback:{family}:{device.type}:{dtype}",
+             f"npkernels: {family} runs the PyTorch reference on {device.type} for {dtype} ({why})", level)
+    return "reference"
 
 
 def select_backend(family: str, *tensors: torch.Tensor | None, backend: str = "auto") -> str:
-    """Return "triton" or "reference" for an op of ``family`` on ``tensors``.
+    """The backend to run an op of ``family`` on ``tensors``: "reference" or one of ``KERNELS[family]``.
 
     Args:
-        family: kernel family (``coupling``, ``implicit``, ``knn``).
-        tensors: the op's tensor arguments (None entries are ignored).
-        backend: "auto", "triton" or "reference".
+        family: op family, a key of ``KERNELS``.
+        tensors: the op's tensor arguments (None entries are ignored); the first one's device and the
+            first floating one's dtype decide.
+        backend: "auto", "reference" or a kernel name of the family.
+    Raises:
+        ValueError: an unknown backend name; RuntimeError: an explicit kernel that cannot run.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    names = ("auto", "reference", *KERNELS[family])
+    if backend not in names:
+        raise ValueError(f"backend for {family} must be one of {names}, got {backend!r}")
+    source = "backend"
     if backend == "auto":
-        backend = _env_backend()
+        backend, source = _env_backend(family), "NPKERNELS_BACKEND"
     if backend == "reference":
         return "reference"
     present = [t for t in tensors if t is not None]
-    on_cuda = bool(present) and all(t.is_cuda for t in present)
-    usable, why = triton_status()
-    has_kernel = usable and importlib.util.find_spec(f"npkernels.{family}._triton") is not None
-    if backend == "triton":
-        if not usable:
-            raise RuntimeError(f"backend='triton' requested for {family} but {why}")
-        if not has_kernel:
-            raise RuntimeError(f"backend='triton' requested but npkernels has no Triton kernel for {family}")
-        if not (on_cuda or interpreter_enabled()):
-            raise RuntimeError(
-                f"backend='triton' requested for {family} with tensors on "
-                f"{sorted({str(t.device) for t in present})}; Triton needs CUDA tensors "
-                "(or TRITON_INTERPRET=1 for the CPU interpreter)"
-            )
-        return "triton"
-    if on_cuda and has_kernel:
-        return "triton"
-    if on_cuda:
-        reason = why if not usable else f"no Triton kernel for {family}"
-        log_once(f"fallback:{family}", f"npkernels: {family} runs the PyTorch reference on CUDA ({reason})",
-                 logging.WARNING)
-    return "reference"
+    if backend == "auto":
+        return _auto(family, present)
+    return _explicit(family, backend, present, source)
 
 
 def backend_info() -> dict[str, str]:
@@ -120,5 +195,5 @@ def backend_info() -> dict[str, str]:
         "gpu": torch.cuda.get_device_name() if cuda else "none",
         "triton_interpreter": str(interpreter_enabled()),
         "auto_backend_on_cuda": "triton" if usable else "reference",
-        "env_override": os.environ.get("NPKERNELS_BACKEND", "auto"),
+        "env_override": _settings.get("NPKERNELS_BACKEND"),
     }

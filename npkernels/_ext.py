@@ -8,8 +8,8 @@ Tiers, tried once per process on first use (never at import):
      build and nvcc is found;
   3. ``None``: callers fall back to the pure-PyTorch reference.
 The outcome (module or failure) is cached and logged once. Runtime environment variables:
-``NP_JIT=0`` disables tier 2, ``NP_VERBOSE=1`` shows the compiler output, ``MAX_JOBS`` limits
-ninja. In a multi-process program call ``get_ext()`` in the parent before starting workers.
+``NPKERNELS_JIT=0`` disables tier 2, ``NPKERNELS_VERBOSE=1`` shows the compiler output, ``MAX_JOBS``
+limits ninja (all declared in ``_settings``). In a multi-process program call ``get_ext()`` in the parent before starting workers.
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ import logging
 import os
 import threading
 import time
+
+from . import _settings
 
 logger = logging.getLogger("npkernels")
 
@@ -45,7 +47,7 @@ def _build_root() -> str:
     """TORCH_EXTENSIONS_DIR, else torch's default cache (get_default_build_root ignores the variable)."""
     import torch.utils.cpp_extension as cpp
 
-    return os.environ.get("TORCH_EXTENSIONS_DIR") or cpp.get_default_build_root()
+    return _settings.get("TORCH_EXTENSIONS_DIR") or cpp.get_default_build_root()
 
 
 def _jit_build():
@@ -90,7 +92,7 @@ def _load(with_cuda: bool):
         name=name, sources=_build.sources(_REPO_ROOT, with_cuda), extra_cflags=f["cxx"],
         extra_cuda_cflags=f["nvcc"], extra_ldflags=f["ldflags"],
         extra_include_paths=[_build.csrc_dir(_REPO_ROOT)], build_directory=build_dir,
-        with_cuda=with_cuda, verbose=os.environ.get("NP_VERBOSE") == "1")
+        with_cuda=with_cuda, verbose=_settings.flag("NPKERNELS_VERBOSE"))
     return module, f"jit ({'cpu+cuda' if with_cuda else 'cpu'}) in {build_dir}"
 
 
@@ -114,14 +116,14 @@ def get_ext():
 
             tier = "prebuilt npkernels._C"
         except ImportError:
-            if os.environ.get("NP_JIT", "1") == "0":
-                tier = "none (no prebuilt npkernels._C; NP_JIT=0)"
+            if not _settings.flag("NPKERNELS_JIT"):
+                tier = "none (no prebuilt npkernels._C; NPKERNELS_JIT=0)"
             else:
                 try:
                     module, tier = _jit_build()
                 except Exception as exc:  # noqa: BLE001 - any build failure means "fall back"
                     module, tier = None, (f"none (JIT build failed: {_summary(exc)}; "
-                                          "NP_VERBOSE=1 shows the compiler output)")
+                                          "NPKERNELS_VERBOSE=1 shows the compiler output)")
         if module is not None:
             tier += " with CUDA" if module.has_cuda() else " (CPU only)"
             logger.info("npkernels: inside-mesh extension: %s", tier)
@@ -140,8 +142,8 @@ def ext_status() -> str:
 
         return "prebuilt npkernels._C (not loaded yet)"
     except ImportError:
-        if os.environ.get("NP_JIT", "1") == "0":
-            return "none (no prebuilt npkernels._C; NP_JIT=0): PyTorch reference"
+        if not _settings.flag("NPKERNELS_JIT"):
+            return "none (no prebuilt npkernels._C; NPKERNELS_JIT=0): PyTorch reference"
         from . import _build
 
         name = _build.jit_name(_build.want_cuda())

@@ -75,7 +75,7 @@ def _patched_methods(module: nn.Module, backend: str):
 
     def inverse(F, y):
         return coupling_inverse(
-            y, F, CouplingWeights.from_module(module), affine(F), return_log_det=True, backend=backend
+            y, F, CouplingWeights.from_module(module), affine(F), return_authors_ldj=True, backend=backend
         )
 
     return forward, inverse

@@ -1,4 +1,4 @@
-// CPU inside-mesh labeller: structure build (also used by the CUDA glue) and the point loop.
+// CPU inside-mesh labeller: the structure build (build_mesh) and the point loop.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "../inside_mesh_build.h"
+#include "../inside_mesh_grid.h"
 
 namespace npk {
 namespace {
@@ -26,117 +27,102 @@ void dynamic_for(int64_t begin, int64_t end, int64_t chunk, const Fn& fn) {
   });
 }
 
+// Sorts one cell list ascending (insertion sort for the usual short lists).
+void sort_cell(uint64_t* first, int64_t n) {
+  if (n > 32) {
+    std::sort(first, first + n);
+    return;
+  }
+  for (int64_t k = 1; k < n; ++k) {
+    const uint64_t key = first[k];
+    int64_t j = k;
+    for (; j > 0 && first[j - 1] > key; --j) first[j] = first[j - 1];
+    first[j] = key;
+  }
+}
+
+// The device's build on the host, for tests: the shared count / scan / fill / sort steps in
+// parallel over faces (atomic counters). Slower on CPU than build_axis: it rasterises twice and
+// needs four parallel regions, which a loaded machine stretches (benchmarks/RESULTS.md).
+void build_grid_three_pass(const std::vector<int32_t>& lat, const int64_t* faces, int64_t nf,
+                           const double extent[3], HostMesh& mesh) {
+  MeshMeta& m = mesh.meta;
+  const int64_t region = grid_capacity(nf) + 1;
+  mesh.tris.resize(3 * nf);
+  std::atomic<int64_t> listed[3] = {0, 0, 0};
+  dynamic_for(0, 3 * nf, 4096, [&](int64_t b, int64_t e) {
+    int64_t n[3] = {0, 0, 0};
+    for (int64_t i = b; i < e; ++i) {
+      mesh.tris[i] = make_tri(lat.data(), faces, i % nf, int(i / nf));
+      n[i / nf] += (mesh.tris[i].flags & kListed) != 0;
+    }
+    for (int a = 0; a < 3; ++a) listed[a] += n[a];
+  });
+  for (int a = 0; a < 3; ++a) {
+    set_grid(&m, a, listed[a], extent);
+    TORCH_CHECK(int64_t(m.side_u[a]) * m.side_v[a] < region, "inside_mesh: grid exceeds its capacity");
+    m.cells[a] = a * region;
+    m.tris[a] = a * nf;
+  }
+  auto for_listed = [&](auto&& pass) {
+    dynamic_for(0, 3 * nf, 2048, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i)
+        if (mesh.tris[i].flags & kListed) pass(mesh.tris[i], int32_t(i % nf), int(i / nf));
+    });
+  };
+  // count into slot c + 1 of each region, so that the inclusive scan yields the exclusive offsets
+  mesh.cells.assign(3 * region + 1, 0);
+  for_listed([&](const Tri& t, int32_t, int a) { count_face(t, m, a, mesh.cells.data() + m.cells[a] + 1); });
+  std::partial_sum(mesh.cells.begin(), mesh.cells.end(), mesh.cells.begin());
+  mesh.keys.resize(mesh.cells.back());
+  std::vector<int64_t> cursor(mesh.cells);
+  for_listed([&](const Tri& t, int32_t f, int a) { fill_face(t, f, m, a, cursor.data() + m.cells[a], mesh.keys.data()); });
+  dynamic_for(0, 3 * region, 1024, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c) sort_cell(mesh.keys.data() + mesh.cells[c], mesh.cells[c + 1] - mesh.cells[c]);
+  });
+}
+
+// One axis of the CPU build: faces rasterised once (for_each_cell) into (cell, key) pairs,
+// counting-sorted into the cell lists (offsets relative to the axis), each list sorted. The same
+// structure as build_grid_three_pass.
 struct AxisGrid {
-  int32_t shift_u = kLatticeBits, shift_v = kLatticeBits, side_u = 1, side_v = 1;
-  std::vector<int32_t> cells;
-  std::vector<Entry> entries;
-  std::vector<Tri> tris;
+  std::vector<int64_t> cells;  // grid_capacity(F) + 1 offsets
+  std::vector<uint64_t> keys;
 };
-
-constexpr double kFacesPerCell = 4.0;  // grid density: about four projected faces per cell
-constexpr int32_t kMaxLog2Side = 11;
-
-int32_t clamp_log2(double x) {
-  const double lg = x > 1.0 ? std::round(std::log2(x)) : 0.0;
-  return (int32_t)std::min<double>(lg, kMaxLog2Side);
-}
-
-// Calls fn(cell) for every cell whose closed lattice rectangle meets the closed projected face:
-// cells of the face's bounding box that no edge's outer half-plane contains entirely.
-template <class Fn>
-void for_each_cell(const Tri& t, const AxisGrid& g, Fn&& fn) {
-  const int sd = (t.flags & kPositive) ? 1 : -1;
-  const int64_t umin = std::min({t.u[0], t.u[1], t.u[2]}), umax = std::max({t.u[0], t.u[1], t.u[2]});
-  const int64_t vmin = std::min({t.v[0], t.v[1], t.v[2]}), vmax = std::max({t.v[0], t.v[1], t.v[2]});
-  const int64_t last_u = g.side_u - 1, last_v = g.side_v - 1;
-  const int64_t cu0 = std::min(umin >> g.shift_u, last_u), cu1 = std::min(umax >> g.shift_u, last_u);
-  const int64_t cv0 = std::min(vmin >> g.shift_v, last_v), cv1 = std::min(vmax >> g.shift_v, last_v);
-  for (int64_t cv = cv0; cv <= cv1; ++cv) {
-    const int64_t vlo = cv << g.shift_v, vhi = cv == last_v ? kLattice : ((cv + 1) << g.shift_v) - 1;
-    for (int64_t cu = cu0; cu <= cu1; ++cu) {
-      const int64_t ulo = cu << g.shift_u, uhi = cu == last_u ? kLattice : ((cu + 1) << g.shift_u) - 1;
-      bool overlap = true;
-      for (int i = 0; i < 3 && overlap; ++i) {
-        const int j = (i + 1) % 3;
-        const int64_t du = int64_t(t.u[j]) - t.u[i], dv = int64_t(t.v[j]) - t.v[i];
-        // the corner that maximises sd * orient(P_i, P_j, X)
-        const int64_t xv = sd * du > 0 ? vhi : vlo, xu = sd * dv < 0 ? uhi : ulo;
-        overlap = sd * orient2d(t.u[i], t.v[i], t.u[j], t.v[j], xu, xv) >= 0;
-      }
-      if (overlap) fn(cv * g.side_u + cu);
-    }
-  }
-}
-
-// extent: the mesh's world extent per coordinate, to shape the cells like the projected mesh.
-AxisGrid build_axis(const std::vector<int32_t>& lat, const int64_t* faces, int64_t nf,
-                    const std::vector<int8_t>& normal_pert, const double extent[3], int a) {
-  const int iu = axis_u(a), iv = axis_v(a), hand = axis_hand(a);
-  AxisGrid g;
-  g.tris.reserve(nf);
+// tris: the axis' nf faces, written here; sets the axis' grid in m.
+AxisGrid build_axis(const std::vector<int32_t>& lat, const int64_t* faces, int64_t nf, const double extent[3],
+                    int a, Tri* tris, MeshMeta& m) {
+  int64_t listed = 0;
   for (int64_t f = 0; f < nf; ++f) {
-    Tri t;
-    for (int k = 0; k < 3; ++k) {
-      const int32_t* x = &lat[3 * faces[3 * f + k]];
-      t.u[k] = x[iu];
-      t.v[k] = x[iv];
-      t.a[k] = x[a];
-    }
-    const int64_t d = orient2d(t.u[0], t.v[0], t.u[1], t.v[1], t.u[2], t.v[2]);
-    if (d == 0) continue;  // zero projected area: never crossed by a perturbed ray
-    // A crossing exactly at the point's height: above iff -(n . delta) / n_a > 0, n_a = hand * d.
-    const bool tie_above = -normal_pert[f] * hand * sign64(d) > 0;
-    t.flags = (d > 0 ? kPositive : 0) | (tie_above ? kTieAbove : 0);
-    g.tris.push_back(t);
+    tris[f] = make_tri(lat.data(), faces, f, a);
+    listed += (tris[f].flags & kListed) != 0;
   }
-  const double n_target = std::max(1.0, g.tris.size() / kFacesPerCell);
-  const double eu = extent[iu], ev = extent[iv];
-  const int32_t lg_u = clamp_log2(eu > 0 && ev > 0 ? std::sqrt(n_target * eu / ev) : (eu > 0 ? n_target : 1.0));
-  const int32_t lg_v = clamp_log2(n_target / double(int64_t(1) << lg_u));
-  g.side_u = 1 << lg_u;
-  g.side_v = 1 << lg_v;
-  g.shift_u = kLatticeBits - lg_u;
-  g.shift_v = kLatticeBits - lg_v;
-  const int64_t n_cells = int64_t(g.side_u) * g.side_v;
-  // Rasterise once into (cell, entry) pairs, then counting-sort the pairs into the cell lists.
-  std::vector<int32_t> pair_cell;
-  std::vector<Entry> pair_entry;
-  pair_cell.reserve(4 * g.tris.size());
-  pair_entry.reserve(4 * g.tris.size());
-  g.cells.assign(n_cells + 1, 0);
-  for (int32_t i = 0; i < (int32_t)g.tris.size(); ++i) {
-    const Tri& t = g.tris[i];
-    const Entry e{i, std::max({t.a[0], t.a[1], t.a[2]})};
-    for_each_cell(t, g, [&](int64_t c) {
-      pair_cell.push_back((int32_t)c);
-      pair_entry.push_back(e);
+  set_grid(&m, a, listed, extent);
+  TORCH_CHECK(int64_t(m.side_u[a]) * m.side_v[a] <= grid_capacity(nf), "inside_mesh: grid exceeds its capacity");
+  AxisGrid g;
+  g.cells.assign(grid_capacity(nf) + 1, 0);
+  std::vector<std::pair<int32_t, uint64_t>> pairs;
+  pairs.reserve(4 * listed);
+  for (int64_t f = 0; f < nf; ++f) {
+    const Tri& t = tris[f];
+    if (!(t.flags & kListed)) continue;
+    const uint64_t key = entry_key(max3(t.a), int32_t(f));
+    for_each_cell(t, m, a, [&](int64_t c) {
+      pairs.push_back({int32_t(c), key});
       ++g.cells[c + 1];
     });
   }
-  for (int64_t c = 0; c < n_cells; ++c) g.cells[c + 1] += g.cells[c];
-  g.entries.resize(g.cells[n_cells]);
-  std::vector<int32_t> cursor(g.cells.begin(), g.cells.end() - 1);
-  for (size_t k = 0; k < pair_cell.size(); ++k) g.entries[cursor[pair_cell[k]]++] = pair_entry[k];
-  // Each list is in face order; a stable sort by amax descending gives (amax desc, face asc).
-  for (int64_t c = 0; c < n_cells; ++c) {
-    Entry* first = g.entries.data() + g.cells[c];
-    const int32_t n = g.cells[c + 1] - g.cells[c];
-    if (n > 32) {
-      std::stable_sort(first, first + n, [](const Entry& x, const Entry& y) { return x.amax > y.amax; });
-      continue;
-    }
-    for (int32_t k = 1; k < n; ++k) {
-      const Entry e = first[k];
-      int32_t j = k;
-      for (; j > 0 && first[j - 1].amax < e.amax; --j) first[j] = first[j - 1];
-      first[j] = e;
-    }
-  }
+  std::partial_sum(g.cells.begin(), g.cells.end(), g.cells.begin());
+  g.keys.resize(pairs.size());
+  std::vector<int64_t> cursor(g.cells.begin(), g.cells.end() - 1);
+  for (const auto& [c, key] : pairs) g.keys[cursor[c]++] = key;
+  for (size_t c = 0; c + 1 < g.cells.size(); ++c) sort_cell(g.keys.data() + g.cells[c], g.cells[c + 1] - g.cells[c]);
   return g;
 }
 
 // Open-boundary edges: directed edges between vertices merged by lattice position, counted +1
-// along (lower id -> higher id) and -1 against it; a non-zero sum k is a boundary edge (lower -> higher).
+// along (lower id -> higher id) and -1 against it; a non-zero sum k is a boundary edge (lower ->
+// higher), listed by (lower id, higher id).
 std::vector<BEdge> boundary_edges(const double* vertices, const std::vector<int32_t>& lat, int64_t nv,
                                   const int64_t* faces, int64_t nf) {
   std::vector<int64_t> order(nv);
@@ -172,18 +158,7 @@ std::vector<BEdge> boundary_edges(const double* vertices, const std::vector<int3
       int32_t k = 0;
       auto run = e;
       for (; run != last && run->first == e->first; ++run) k += run->second;
-      if (k != 0) {
-        BEdge b{};
-        const int64_t j = e->first;
-        for (int c = 0; c < 3; ++c) {
-          b.p[c] = vertices[3 * i + c];
-          b.q[c] = vertices[3 * j + c];
-          b.lp[c] = lat[3 * i + c];
-          b.lq[c] = lat[3 * j + c];
-        }
-        b.k = k;
-        out.push_back(b);
-      }
+      if (k != 0) out.push_back(make_bedge(vertices, lat.data(), i, e->first, k));
       e = run;
     }
   }
@@ -192,10 +167,10 @@ std::vector<BEdge> boundary_edges(const double* vertices, const std::vector<int3
 
 }  // namespace
 
-HostMesh build_mesh(const double* vertices, int64_t nv, const int64_t* faces, int64_t nf) {
-  HostMesh mesh;
+HostMesh build_mesh(const double* vertices, int64_t nv, const int64_t* faces, int64_t nf, bool three_pass) {
+  HostMesh mesh{};
   MeshMeta& m = mesh.meta;
-  double lo[3], hi[3], extent[3], widest = 0.0;
+  double lo[3], hi[3], extent[3];
   for (int c = 0; c < 3; ++c) {
     lo[c] = hi[c] = vertices[c];
     for (int64_t i = 1; i < nv; ++i) {
@@ -203,46 +178,44 @@ HostMesh build_mesh(const double* vertices, int64_t nv, const int64_t* faces, in
       hi[c] = std::max(hi[c], vertices[3 * i + c]);
     }
     extent[c] = hi[c] - lo[c];
-    widest = std::max(widest, extent[c]);
   }
-  for (int c = 0; c < 3; ++c) {
-    m.origin[c] = lo[c];
-    m.scale[c] = double(kLattice) / (extent[c] > 0 ? extent[c] : (widest > 0 ? widest : 1.0));
-  }
+  lattice_frame(lo, hi, &m);
   std::vector<int32_t> lat(3 * nv);
-  for (int64_t i = 0; i < nv; ++i)
-    for (int c = 0; c < 3; ++c)
-      lat[3 * i + c] = (int32_t)std::min<int64_t>(std::max<int64_t>(quantize(vertices[3 * i + c], m.origin[c], m.scale[c]), 0), kLattice);
-  // sign of n . (e, e^2, e^3) for the lattice normal n = (B - A) x (C - A): its first non-zero component
-  std::vector<int8_t> normal_pert(nf);
-  for (int64_t f = 0; f < nf; ++f) {
-    int64_t e1[3], e2[3];
-    for (int c = 0; c < 3; ++c) {
-      e1[c] = int64_t(lat[3 * faces[3 * f + 1] + c]) - lat[3 * faces[3 * f] + c];
-      e2[c] = int64_t(lat[3 * faces[3 * f + 2] + c]) - lat[3 * faces[3 * f] + c];
+  for (int64_t i = 0; i < nv; ++i) lattice_vertex(vertices + 3 * i, m, &lat[3 * i]);
+  if (three_pass) {
+    build_grid_three_pass(lat, faces, nf, extent, mesh);
+    mesh.bedges = boundary_edges(vertices, lat, nv, faces, nf);
+  } else {
+    // one task per axis and one for the boundary edges
+    AxisGrid grids[3];
+    mesh.tris.resize(3 * nf);
+    dynamic_for(0, 4, 1, [&](int64_t task, int64_t) {
+      if (task < 3) grids[task] = build_axis(lat, faces, nf, extent, int(task), mesh.tris.data() + task * nf, m);
+      else mesh.bedges = boundary_edges(vertices, lat, nv, faces, nf);
+    });
+    const int64_t region = grid_capacity(nf) + 1;
+    mesh.cells.resize(3 * region + 1);
+    mesh.keys.resize(grids[0].keys.size() + grids[1].keys.size() + grids[2].keys.size());
+    int64_t base = 0;
+    for (int a = 0; a < 3; ++a) {
+      m.cells[a] = a * region;
+      m.tris[a] = a * nf;
+      for (int64_t c = 0; c < region; ++c) mesh.cells[m.cells[a] + c] = base + grids[a].cells[c];
+      std::copy(grids[a].keys.begin(), grids[a].keys.end(), mesh.keys.begin() + base);
+      base += (int64_t)grids[a].keys.size();
     }
-    const int64_t n[3] = {e1[1] * e2[2] - e1[2] * e2[1], e1[2] * e2[0] - e1[0] * e2[2], e1[0] * e2[1] - e1[1] * e2[0]};
-    normal_pert[f] = (int8_t)(n[0] != 0 ? sign64(n[0]) : n[1] != 0 ? sign64(n[1]) : sign64(n[2]));
-  }
-  AxisGrid grids[3];
-  dynamic_for(0, 4, 1, [&](int64_t task, int64_t) {
-    if (task < 3) grids[task] = build_axis(lat, faces, nf, normal_pert, extent, (int)task);
-    else mesh.bedges = boundary_edges(vertices, lat, nv, faces, nf);
-  });
-  for (int a = 0; a < 3; ++a) {
-    m.shift_u[a] = grids[a].shift_u;
-    m.shift_v[a] = grids[a].shift_v;
-    m.side_u[a] = grids[a].side_u;
-    m.side_v[a] = grids[a].side_v;
-    m.cells[a] = (int64_t)mesh.cells.size();
-    m.entries[a] = (int64_t)mesh.entries.size();
-    m.tris[a] = (int64_t)mesh.tris.size();
-    mesh.cells.insert(mesh.cells.end(), grids[a].cells.begin(), grids[a].cells.end());
-    mesh.entries.insert(mesh.entries.end(), grids[a].entries.begin(), grids[a].entries.end());
-    mesh.tris.insert(mesh.tris.end(), grids[a].tris.begin(), grids[a].tris.end());
+    mesh.cells[3 * region] = base;
   }
   m.bedges = 0;
   m.n_bedges = (int64_t)mesh.bedges.size();
+  m.nodes = m.walk = 0;
+  m.slack = 0.0;
+  if (m.n_bedges > 0) {
+    BoundaryTree tree = build_boundary_tree(mesh.bedges.data(), m.n_bedges);
+    mesh.nodes = std::move(tree.nodes);
+    mesh.walk = std::move(tree.walk);
+    m.slack = tree.slack;
+  }
   return mesh;
 }
 
@@ -264,20 +237,15 @@ std::vector<at::Tensor> inside_mesh_cpu(const std::vector<at::Tensor>& vertices,
   for (size_t mi = 0; mi < vertices.size(); ++mi) {
     const at::Tensor v = vertices[mi].to(at::kCPU, at::kDouble).contiguous();
     const at::Tensor f = faces[mi].to(at::kCPU, at::kLong).contiguous();
-    const HostMesh mesh = build_mesh(v.data_ptr<double>(), v.size(0), f.data_ptr<int64_t>(), f.size(0));
+    const HostMesh mesh = build_mesh(v.data_ptr<double>(), v.size(0), f.data_ptr<int64_t>(), f.size(0), false);
     const int64_t begin = offs.data_ptr<int64_t>()[mi], end = offs.data_ptr<int64_t>()[mi + 1];
     AT_DISPATCH_FLOATING_TYPES(pts.scalar_type(), "inside_mesh_cpu", [&] {
       const scalar_t* p = pts.data_ptr<scalar_t>();
       dynamic_for(begin, end, 4096, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) {
           const double q[3] = {double(p[3 * i]), double(p[3 * i + 1]), double(p[3 * i + 2])};
-          int crossings;
-          double boundary;
-          query_point(mesh.meta, mesh.cells.data(), mesh.entries.data(), mesh.tris.data(), mesh.bedges.data(), q,
-                      parity, &crossings, &boundary);
-          const double w = crossings + boundary;
-          in_ptr[i] = parity ? (crossings & 1) != 0 : fabs(w) > 0.5;
-          if (w_ptr) w_ptr[i] = w;
+          in_ptr[i] = label_point(mesh.meta, mesh.cells.data(), mesh.keys.data(), mesh.tris.data(), mesh.bedges.data(),
+                                  mesh.nodes.data(), mesh.walk.data(), q, parity, w_ptr ? w_ptr + i : nullptr);
         }
       });
     });

@@ -6,7 +6,7 @@ Build with ``python -m neural_parts.prepare`` (or ``prepare_synthetic``); load w
 from .build import default_data_dir
 from .dataset import NeuralPartsDataset
 from .render import Camera, distinct_colours, orbit_camera, render_meshes
-from .sources import prepare_synthetic
+from .sources import prepare_humans, prepare_synthetic
 from .storage import CorruptFileError, H5Records
 from .synthetic import GENERATOR_VERSION
 
@@ -21,6 +21,7 @@ __all__ = [
     "default_data_dir",
     "distinct_colours",
     "orbit_camera",
+    "prepare_humans",
     "prepare_synthetic",
     "render_meshes",
 ]

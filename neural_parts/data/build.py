@@ -8,6 +8,7 @@ its shards are done; a split whose file already carries this build's config hash
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -68,6 +69,18 @@ def build_record(job: dict, cfg: RecordConfig, seed: int) -> dict:
             category=shape.category,
             face_part=part,
         )
+    if kind == "humans":
+        from . import humans
+
+        spec = humans.FrameSpec(*job["spec"])
+        generator = _human_generator(spec.seed)
+        vertices = generator.vertices([spec])[0]
+        overlap = humans.self_intersection(vertices, generator.faces)
+        if overlap > humans.MAX_SELF_INTERSECTION:
+            raise SkipRecord(f"the body overlaps itself in {overlap:.2%} of its volume "
+                             f"(more than {humans.MAX_SELF_INTERSECTION:.2%})")
+        return make_record(vertices, generator.faces, cfg, rng, name=job["name"],
+                           source=f"anny-humans-v{humans.GENERATOR_VERSION}", category=job["category"])
     if kind == "onet":
         return readers.onet_record(job["path"], cfg, rng, name=job["name"], category=job["category"])
     if kind == "mesh":
@@ -77,6 +90,13 @@ def build_record(job: dict, cfg: RecordConfig, seed: int) -> dict:
     else:
         raise ValueError(f"unknown job kind {kind!r}")
     return make_record(v, f, cfg, rng, name=job["name"], source=str(job["path"]), category=job["category"])
+
+
+@functools.lru_cache(maxsize=1)
+def _human_generator(seed: int):
+    from . import humans
+
+    return humans.HumanGenerator(seed, threads=1)
 
 
 def _run_shard(shard: Path, jobs: list, cfg: RecordConfig, seed: int, attrs: dict) -> dict:
@@ -115,6 +135,19 @@ def _worker_init() -> None:
 def _write_json(path: Path, data: dict) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, default=str))
+
+
+def _load_body_model() -> None:
+    """Load (and on a new machine build and cache) Anny's model here, before workers start: Anny writes its
+    cache without a temp file, so concurrent first loads could read a partial one."""
+    from . import humans
+
+    t0 = time.perf_counter()
+    try:
+        humans.load_model()
+    except humans.AnnyUnavailableError as e:
+        raise PrepareError(str(e)) from None
+    log.info("Anny body model ready in %.1f s", time.perf_counter() - t0)
 
 
 def labeller_status() -> tuple:
@@ -196,6 +229,8 @@ def build(
     }
     pending = [job for _, _, js in tasks for job in js]
     tier = _check_labeller(pending, cfg, allow_slow_labeller) if pending else "not needed"
+    if any(job["kind"] == "humans" for job in pending):
+        _load_body_model()
     attrs["labeller"] = f"npkernels.inside_mesh winding ({tier})"
     _run(tasks, cfg, seed, attrs, workers, progress)
     summary = {"output": str(output), "config_hash": digest, "labeller": attrs["labeller"], "splits": {},
@@ -205,7 +240,7 @@ def build(
         left = sum(not _finished(p) for p in paths)
         summary.update(part=f"{index}/{count}", built_records=len(pending), shards_left=left,
                        seconds=round(time.perf_counter() - t0, 2))
-        log.info("part %d/%d done: %d of %d shards still missing; run without --part to finish and assemble",
+        log.info("part %d/%d done: %d of %d shards still missing; run without --shard to finish and assemble",
                  index, count, left, len(paths))
         return summary
     for split, shards in todo.items():
@@ -241,7 +276,9 @@ def _plan(jobs: dict, output: Path, cfg: RecordConfig, source: dict, digest: str
                 continue
             log.warning("%s was built with another configuration or input; it will be replaced", final)
         parts = output / f"{split}.parts"
-        if parts.exists() and _read_json(parts / "config.json").get("digest") != digest:
+        recorded = _read_json(parts / "config.json").get("digest")
+        # no config.json yet: a concurrent build (--shard) has just created the folder, or nothing was built
+        if recorded not in (None, digest) or (recorded is None and any(parts.glob("[0-9]*.json"))):
             raise PrepareError(
                 f"{parts} holds shards of a different configuration; delete it or choose another --output"
             )
@@ -283,8 +320,9 @@ def _assemble(output: Path, split: str, shards: list, attrs: dict) -> dict:
     parts = [_read_json(p.with_suffix(".json")) for p, _ in shards]
     files = [p for (p, _), s in zip(shards, parts, strict=True) if s["records"]]
     final = output / f"{split}.h5"
-    if files:
-        storage.assemble(files, final, {**attrs, "split": split})
+    if files:  # the labeller of the processes that built the shards (this one may have built none)
+        labellers = sorted({storage.H5Records(f).attrs["labeller"] for f in files})
+        storage.assemble(files, final, {**attrs, "split": split, "labeller": "; ".join(labellers)})
     else:
         log.warning("split %s: every record was skipped; no %s written", split, final.name)
     shutil.rmtree(output / f"{split}.parts")

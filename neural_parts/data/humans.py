@@ -24,9 +24,9 @@ parameter per subject.
 Model loading: ``anny.Anny()`` (rig "anny", 104 bones) with dense LBS skinning (``skinning_method="lbs"``,
 pure PyTorch: no Warp kernel to compile). The first construction on a machine builds Anny's model data
 from its assets and caches it under ``$ANNY_CACHE_DIR`` (default ``~/.cache/anny/v14``, ~830 MB written,
-~75-110 s, 1.5 GB peak memory); later loads read the 51 MB ``build_compact_model_data_*.safetensors``
-(~0.5 s plus ~3 s to import anny). Anny writes that cache without a temporary file, so load the model once
-(``load_model()``) in the parent before starting workers.
+~75-110 s, 1.5 GB peak memory); later loads read only the 51 MB ``build_compact_model_data_*.safetensors``
+(~0.2 s, after ~2.5 s to import anny and ~2 s for torch). Anny writes that cache without a temporary file,
+so load the model once (``load_model()``) in the parent before starting workers.
 """
 
 from __future__ import annotations
@@ -103,8 +103,10 @@ def plan(n_subjects: int, motions=MOTIONS, frames_per_motion: int = 32, seed: in
     if unknown:
         raise ValueError(f"unknown motions {unknown}; motions are {MOTIONS}")
     if n_subjects < 0 or frames_per_motion < 0:
-        raise ValueError(f"plan: n_subjects and frames_per_motion must be >= 0, got {n_subjects}, {frames_per_motion}")
-    return [FrameSpec(seed, s, m, f) for s in range(n_subjects) for m in motions for f in range(frames_per_motion)]
+        raise ValueError(f"plan: n_subjects and frames_per_motion must be >= 0, got {n_subjects} and "
+                         f"{frames_per_motion}")
+    return [FrameSpec(seed, s, m, f)
+            for s in range(n_subjects) for m in motions for f in range(frames_per_motion)]
 
 
 def gender(subject: int) -> str:
@@ -125,7 +127,10 @@ def draw_phenotype(seed: int, subject: int) -> dict:
     g = gender(subject)
     shift = np.random.default_rng([seed, 0 if g == "male" else 1, 7]).random(len(_PHENOTYPE_DIMS))
     u = dict(zip(_PHENOTYPE_DIMS, _r_sequence(subject // 2, len(_PHENOTYPE_DIMS), shift)))
-    lerp = lambda lo_hi, t: float(lo_hi[0] + (lo_hi[1] - lo_hi[0]) * t)  # noqa: E731
+
+    def lerp(lo_hi, t):
+        return float(lo_hi[0] + (lo_hi[1] - lo_hi[0]) * t)
+
     out = {"gender": lerp(PHENOTYPE_RANGES["gender"][g], u["gender"])}
     out.update({k: lerp(PHENOTYPE_RANGES[k], u[k]) for k in ("age", "weight", "muscle", "proportions")})
     out["stature"] = lerp(STATURE_M[g], u["stature"])
@@ -134,7 +139,9 @@ def draw_phenotype(seed: int, subject: int) -> dict:
 
 def motion_style(seed: int, subject: int, motion: str) -> Style:
     """The seeded variation of ``motion`` for ``subject``."""
-    return Style.draw(np.random.default_rng([seed, subject, zlib.crc32(motion.encode())]))
+    rng = np.random.default_rng([seed, subject, zlib.crc32(motion.encode())])
+    drawn = draw_phenotype(seed, subject)
+    return Style.draw(rng, drawn["weight"], drawn["muscle"])
 
 
 def to_y_up(vertices: np.ndarray) -> np.ndarray:
@@ -142,7 +149,8 @@ def to_y_up(vertices: np.ndarray) -> np.ndarray:
     return np.stack([vertices[..., 0], vertices[..., 2], -vertices[..., 1]], axis=-1)
 
 
-def self_intersection(vertices: np.ndarray, faces: np.ndarray, n_points: int = 400_000, seed: int = 0) -> float:
+def self_intersection(vertices: np.ndarray, faces: np.ndarray, n_points: int = 400_000,
+                      seed: int = 0) -> float:
     """Fraction of the body's volume where the mesh overlaps itself: points with generalized winding number
     |w| > 1.5 over points with |w| > 0.5, among ``n_points`` uniform (seeded) points of the bounding box.
 
@@ -198,7 +206,8 @@ class HumanGenerator:
         specs = list(specs)
         for s in specs:
             if s.seed != self.seed:
-                raise ValueError(f"{s.name}: FrameSpec of seed {s.seed} given to the HumanGenerator of seed {self.seed}")
+                raise ValueError(f"{s.name}: FrameSpec of seed {s.seed} given to the HumanGenerator of "
+                                 f"seed {self.seed}")
             if s.motion not in MOTIONS or s.subject < 0 or s.frame < 0:
                 raise ValueError(f"invalid FrameSpec {s}: motions are {MOTIONS}, subject and frame >= 0")
         keep = _body_topology()[0]
@@ -206,9 +215,11 @@ class HumanGenerator:
         previous = torch.get_num_threads()
         if self.threads is not None:
             torch.set_num_threads(self.threads)
+        rows_of = {}
+        for i, s in enumerate(specs):
+            rows_of.setdefault(s.subject, []).append(i)
         try:
-            for subject in sorted({s.subject for s in specs}):
-                rows = [i for i, s in enumerate(specs) if s.subject == subject]
+            for subject, rows in rows_of.items():
                 for start in range(0, len(rows), CHUNK):
                     chunk = rows[start:start + CHUNK]
                     out[chunk] = self._pose(subject, [specs[i] for i in chunk], keep)
@@ -272,7 +283,8 @@ def _build_subject(model, drawn: dict):
 
     def stature(height: float) -> float:
         with torch.no_grad():
-            rest = model(phenotype_kwargs=_phenotype_tensor(model, {**params, "height": height}))["rest_vertices"]
+            phenotype = _phenotype_tensor(model, {**params, "height": height})
+            rest = model(phenotype_kwargs=phenotype)["rest_vertices"]
         z = rest[0, keep, 2].numpy()
         return float(z.max() - z.min())
 
@@ -289,6 +301,6 @@ def _build_subject(model, drawn: dict):
     return params, skel
 
 
-__all__ = ["FRAME_RATE", "GENERATOR_VERSION", "MAX_SELF_INTERSECTION", "MOTIONS", "PHENOTYPE_RANGES", "STATURE_M",
-           "AnnyUnavailableError", "FrameSpec", "HumanGenerator", "draw_phenotype", "gender", "load_model",
-           "motion_style", "plan", "self_intersection", "subject_id", "to_y_up"]
+__all__ = ["FRAME_RATE", "GENERATOR_VERSION", "MAX_SELF_INTERSECTION", "MOTIONS", "PHENOTYPE_RANGES",
+           "STATURE_M", "AnnyUnavailableError", "FrameSpec", "HumanGenerator", "draw_phenotype", "gender",
+           "load_model", "motion_style", "plan", "self_intersection", "subject_id", "to_y_up"]

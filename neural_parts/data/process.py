@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..geometry import orient_components
+from ..geometry import merged_vertex_ids, orient_components
 from . import render
 from .sampling import face_normals, sample_surface, sample_volume
 
@@ -36,6 +36,7 @@ class RecordConfig:
     box: tuple = UNIT_BOX  # the volume box (the authors use 1x2x1 for metre-scale humans with "none")
     up: str = "y"  # up axis of the source meshes; records are always stored Y-up
     non_watertight: str = "flag"  # flag: label in winding mode and flag the record; skip: drop the mesh
+    view: tuple = render.FIXED_VIEW  # (azimuth, elevation) in degrees of view 0; the others are random
 
     def __post_init__(self):
         if self.normalisation not in NORMALISATIONS:
@@ -55,6 +56,7 @@ class RecordConfig:
                 f"box must be ((xmin, ymin, zmin), (xmax, ymax, zmax)) with max > min, got {self.box}"
             )
         object.__setattr__(self, "box", tuple(map(tuple, box.tolist())))
+        object.__setattr__(self, "view", tuple(float(a) for a in self.view))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,11 +126,11 @@ def normalise(vertices: np.ndarray, mode: str):
 def is_watertight(vertices: np.ndarray, faces: np.ndarray) -> bool:
     """Every edge shared by exactly two faces, after merging coincident vertices and dropping faces that
     then repeat a vertex (agrees with trimesh's ``is_watertight`` on all the shared test meshes)."""
-    _, ids = np.unique(np.asarray(vertices), axis=0, return_inverse=True)
-    f = ids.reshape(-1)[faces]
+    ids = merged_vertex_ids(vertices)
+    f = ids[faces]
     f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 2] != f[:, 0])]
     edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
-    _, counts = np.unique(edges, axis=0, return_counts=True)
+    _, counts = np.unique(edges[:, 0] * (int(ids.max()) + 1) + edges[:, 1], return_counts=True)  # one key per edge
     return len(f) > 0 and bool((counts == 2).all())
 
 
@@ -202,7 +204,8 @@ def make_record(
     size = cfg.image_size
     images, Ks, Rts = np.zeros((0, size, size, 3), np.uint8), np.zeros((0, 3, 3)), np.zeros((0, 3, 4))
     if cfg.n_views:
-        cams = [render.orbit_camera(az, el, cfg.box, size) for az, el in render.view_angles(cfg.n_views, rng)]
+        angles = render.view_angles(cfg.n_views, rng, cfg.view)
+        cams = [render.orbit_camera(az, el, cfg.box, size) for az, el in angles]
         images = np.stack([render.render_meshes([(vertices, faces, None)], cam) for cam in cams])
         Ks, Rts = np.stack([cam.K for cam in cams]), np.stack([cam.Rt for cam in cams])
     return {

@@ -81,9 +81,9 @@ def orbit_camera(
     return look_at(centre + dist * direction, centre, fov_deg=fov_deg, size=size)
 
 
-def view_angles(n_views: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_views, 2) azimuth/elevation in degrees: the fixed view first, then random views."""
-    angles = [FIXED_VIEW]
+def view_angles(n_views: int, rng: np.random.Generator, first=FIXED_VIEW) -> np.ndarray:
+    """(n_views, 2) azimuth/elevation in degrees: the fixed view ``first`` first, then random views."""
+    angles = [tuple(first)]
     for _ in range(n_views - 1):
         angles.append((float(rng.uniform(0, 360)), float(rng.uniform(*RANDOM_ELEVATION))))
     return np.asarray(angles, dtype=np.float64)
@@ -158,6 +158,45 @@ def render_meshes(meshes, camera: Camera, size: int | None = None, backend: str 
     light = camera.Rt[:, :3].T @ (_LIGHT_CAM / np.linalg.norm(_LIGHT_CAM))
     shade = AMBIENT + (1 - AMBIENT) * np.clip(-(normals @ light), 0, 1)
     image[hit] = np.clip(colours[ids[hit]] * shade[:, None], 0, 254).astype(np.uint8)
+    return image
+
+
+def render_points(points, camera: Camera, size: int | None = None, rgb=None, normals=None,
+                  radius: int = 1) -> np.ndarray:
+    """Render a point cloud, ``points`` (N, 3), as square splats of ``2 * radius + 1`` pixels; (H, W, 3) uint8.
+
+    With unit ``normals`` (N, 3) each point is shaded like a mesh face (two-sided Lambert, ``AMBIENT``);
+    without, flat. ``rgb``: three 0-255 values (None: ``DEFAULT_RGB``). The nearest point wins each pixel.
+    """
+    if size is not None and (size, size) != (camera.height, camera.width):
+        camera = camera.resized(size, size)
+    H, W = camera.height, camera.width
+    image = np.full((H, W, 3), 255, dtype=np.uint8)
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    uv, depth = project(camera, points)
+    keep = np.flatnonzero(depth > _NEAR)
+    if len(keep) == 0:
+        return image
+    colour = np.asarray(DEFAULT_RGB if rgb is None else rgb, dtype=np.float64)
+    shade = np.ones(len(keep))
+    if normals is not None:
+        n = np.asarray(normals, dtype=np.float64).reshape(-1, 3)[keep]
+        n *= -np.sign(np.einsum("ij,ij->i", n, points[keep] - camera.eye))[:, None]  # face the viewer
+        light = camera.Rt[:, :3].T @ (_LIGHT_CAM / np.linalg.norm(_LIGHT_CAM))
+        shade = AMBIENT + (1 - AMBIENT) * np.clip(-(n @ light), 0, 1)
+    offsets = np.arange(-radius, radius + 1)
+    dx, dy = (a.ravel() for a in np.meshgrid(offsets, offsets))
+    px = (np.floor(uv[keep, 0])[:, None] + dx).ravel().astype(np.int64)
+    py = (np.floor(uv[keep, 1])[:, None] + dy).ravel().astype(np.int64)
+    owner = np.repeat(np.arange(len(keep)), len(dx))
+    inside = (px >= 0) & (px < W) & (py >= 0) & (py < H)
+    pix, owner = (py * W + px)[inside], owner[inside]
+    order = np.lexsort((depth[keep][owner], pix))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = pix[order][1:] != pix[order][:-1]
+    nearest = order[first]
+    flat = image.reshape(-1, 3)
+    flat[pix[nearest]] = np.clip(colour * shade[owner[nearest], None], 0, 254).astype(np.uint8)
     return image
 
 

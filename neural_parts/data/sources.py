@@ -145,6 +145,65 @@ def shapenet_jobs(root, split_csv=None, classes=None, mesh_file: str = "model_wa
     }
 
 
+HUMANS_NAME = "humans-v1"
+HUMAN_VIEW = (0.0, 5.0)  # view 0 of human records: frontal, slightly from above, like the authors' D-FAUST renders
+HUMAN_DEFAULTS = {"subjects": 12, "val_subjects": 2, "test_subjects": 2, "test_motions": ("punching", "one_leg_balance"),
+                  "frames": 12, "frame_step": 3}
+
+
+def humans_jobs(subjects: int = HUMAN_DEFAULTS["subjects"], motions=None, frames: int = HUMAN_DEFAULTS["frames"],
+                frame_step: int = HUMAN_DEFAULTS["frame_step"], seed: int = 0,
+                val_subjects: int = HUMAN_DEFAULTS["val_subjects"], test_subjects: int = HUMAN_DEFAULTS["test_subjects"],
+                test_motions=HUMAN_DEFAULTS["test_motions"]):
+    """Anny humans (``humans.py``) split by subject and by motion, so that test people and test motions never
+    appear in training: the last ``test_subjects`` subjects are test, the ``val_subjects`` before them val,
+    the rest train; train and val use the motions not in ``test_motions``, test uses every motion.
+    Each subject performs ``frames`` frames of each motion, every ``frame_step``-th frame at 30 fps."""
+    from . import humans
+
+    motions = tuple(humans.MOTIONS if motions is None else motions)
+    unknown = sorted((set(motions) | set(test_motions)) - set(humans.MOTIONS))
+    if unknown:
+        raise ValueError(f"unknown motions {unknown}; motions are {', '.join(humans.MOTIONS)}")
+    n_train = subjects - val_subjects - test_subjects
+    if min(frames, frame_step, n_train) < 1 or min(val_subjects, test_subjects) < 0:
+        raise ValueError(f"humans: need frames, frame step >= 1 and at least one training subject (got {subjects} "
+                         f"subjects, {val_subjects} val, {test_subjects} test, {frames} frames, step {frame_step})")
+    seen = tuple(m for m in motions if m not in test_motions)
+    if not seen:
+        raise ValueError(f"humans: every motion is a test motion ({', '.join(test_motions)}); nothing to train on")
+    groups = {"train": (range(n_train), seen), "val": (range(n_train, n_train + val_subjects), seen),
+              "test": (range(n_train + val_subjects, subjects), motions)}
+    jobs = {}
+    for split, (people, moves) in groups.items():
+        specs = [humans.FrameSpec(seed, s, m, f * frame_step) for s in people for m in moves for f in range(frames)]
+        if specs:
+            jobs[split] = [{"kind": "humans", "spec": [sp.seed, sp.subject, sp.motion, sp.frame], "name": sp.name,
+                            "category": "human"} for sp in specs]
+    return jobs, {"kind": "humans", "generator_version": humans.GENERATOR_VERSION, "seed": seed,
+                  "subjects": subjects, "val_subjects": val_subjects, "test_subjects": test_subjects,
+                  "motions": list(motions), "test_motions": list(test_motions), "frames": frames,
+                  "frame_step": frame_step}
+
+
+def prepare_humans(output_dir=None, workers: int | None = None, progress: bool = True, seed: int = 0,
+                   image_size: int = 224, n_views: int = 1, **options) -> dict:
+    """Build the built-in Anny humans dataset into ``output_dir`` (default ``default_data_dir("humans-v1")``);
+    ``options`` go to ``humans_jobs`` (subjects, frames, ...) or ``RecordConfig`` (n_volume, n_surface, ...).
+    Returns the summary."""
+    import inspect
+
+    from .build import build, default_data_dir
+    from .process import RecordConfig
+
+    job_keys = set(inspect.signature(humans_jobs).parameters)
+    jobs, source = humans_jobs(seed=seed, **{k: v for k, v in options.items() if k in job_keys})
+    cfg = RecordConfig(image_size=image_size, n_views=n_views, view=HUMAN_VIEW,
+                       **{k: v for k, v in options.items() if k not in job_keys})
+    output = Path(output_dir) if output_dir is not None else default_data_dir(HUMANS_NAME)
+    return build(jobs, output, cfg, source=source, seed=seed, workers=workers, progress=progress)
+
+
 def prepare_synthetic(
     output_dir=None,
     n_train: int = SYNTHETIC_COUNTS["train"],

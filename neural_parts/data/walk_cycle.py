@@ -18,8 +18,10 @@ a cycle apart, the hands swing periodically and stay within arm's reach):
 
 The walk is made stationary (a treadmill): the root's forward progression is removed, its bob and turns
 kept. Feet and hands are retargeted from the rig's template to a subject by the ratio of leg (arm) lengths,
-relative to the hip (root). Keys are resampled with periodic cubic splines (Blender's auto-clamped Bezier
-handles are not reproduced exactly).
+relative to the hip (shoulder); the arms are carried out by the style's ``carry`` angle and the feet placed
+wider by its ``bulk`` (heavier bodies, whose arms and thighs would otherwise sink into each other). Keys
+are resampled with periodic cubic splines (Blender's auto-clamped Bezier handles are not reproduced
+exactly).
 """
 
 from __future__ import annotations
@@ -32,13 +34,16 @@ import numpy as np
 from .human_motions import SIDES, Limb, Pose, Skeleton, rotation, rotation_between, rotvec_of, sided
 
 CYCLE_FRAMES = 40
-_FK_BONES = ("spine05", "spine04", "spine03", "spine02", "spine01", "neck01", "head", "clavicle.L", "clavicle.R")
+STEP_WIDENING = 0.05  # metres added to each foot's distance from the midline at bulk 1 (the clip: ~0.055)
+_FK_BONES = ("spine05", "spine04", "spine03", "spine02", "spine01", "neck01", "head", "clavicle.L",
+             "clavicle.R")
 _TOES = ("toe1-1", "toe2-1", "toe3-1", "toe4-1", "toe5-1")
 
 
 def blender_bone_frame(head, tail, roll: float) -> np.ndarray:
-    """Blender's rest frame (3, 3), columns = bone axes, of a bone from head to tail with ``roll`` (rad): Y along
-    the bone, reached from world Y by the smallest rotation, then rolled about it (``vec_roll_to_mat3``)."""
+    """Blender's rest frame (3, 3), columns = bone axes, of a bone from head to tail with ``roll`` (rad):
+    Y along the bone, reached from world Y by the smallest rotation, then rolled about Y
+    (``vec_roll_to_mat3``)."""
     y = np.asarray(tail, float) - np.asarray(head, float)
     y /= np.linalg.norm(y)
     if 1.0 + y[1] < 6.1e-3 and y[0] ** 2 + y[2] ** 2 < 2.5e-4 ** 2:
@@ -73,7 +78,7 @@ class _Clip:
 
     def __init__(self, anim: dict, rig: dict):
         self.rig = rig
-        self.frame = {n: blender_bone_frame(b["head"]["default_position"], b["tail"]["default_position"], b["roll"])
+        self.frame = {n: blender_bone_frame(self.head(n), b["tail"]["default_position"], b["roll"])
                       for n, b in rig.items()}
 
         def keys(bone, channel):
@@ -84,7 +89,8 @@ class _Clip:
         frames, loc = keys("root", "location")
         root_world = root_head + np.asarray(loc) @ root_frame.T
         progression = (root_world[-1] - root_world[0]) if frames[-1] == CYCLE_FRAMES else np.zeros(3)
-        root_at = _periodic_spline(frames, root_world - np.outer(np.asarray(frames) / CYCLE_FRAMES, progression))
+        treadmill = root_world - np.outer(np.asarray(frames) / CYCLE_FRAMES, progression)
+        root_at = _periodic_spline(frames, treadmill)
         self.progression = progression
         self.root_bob = lambda f: root_at(f) - root_head
         self.euler = {b: _periodic_spline(*keys(b, "rotation_euler"))
@@ -108,7 +114,8 @@ class _Clip:
     def local(self, bone, spline_key, f):
         """World-axes delta M R M^T of a Blender local rotation of ``bone`` at frame ``f``."""
         M = self.frame[bone]
-        return M @ euler_xyz(self.euler[spline_key](f) if isinstance(spline_key, str) else spline_key(f)) @ M.T
+        angles = self.euler[spline_key](f) if isinstance(spline_key, str) else spline_key(f)
+        return M @ euler_xyz(angles) @ M.T
 
 
 @lru_cache(maxsize=1)
@@ -127,7 +134,8 @@ def _length(points_a, points_b):
 
 
 def walk_pose(skel: Skeleton, x: float, style) -> Pose:
-    """The walk at phase ``x`` (cycles) for a subject's skeleton; ``style`` sets only tempo and phase."""
+    """The walk at phase ``x`` (cycles) for a subject's skeleton; of the ``style``, tempo and phase (applied
+    by the caller), the arm carry and the bulk (wider steps) are used."""
     c = clip()
     f = CYCLE_FRAMES * (x % 1.0)
     root_rot = c.local("root", "root", f)
@@ -141,13 +149,15 @@ def walk_pose(skel: Skeleton, x: float, style) -> Pose:
     for side in SIDES:
         hip_t, hip_s = c.head(sided("upperleg01", side)), skel.head(sided("upperleg01", side))
         ankle_rel_hip = c.feet[side](f) - (hip_t - c.head("root"))
+        ankle_rel_hip[0] += side * STEP_WIDENING * style.bulk  # heavier bodies walk with wider steps
         legs[side] = Limb(target=root + root_rot @ (hip_s - root_ref) + leg_ratio * ankle_rel_hip,
                           end_world=c.local(sided("foot", side), c.foot_euler[side], f))
         shoulder_t, shoulder_s = c.head(sided("upperarm01", side)), skel.head(sided("upperarm01", side))
         arm_ratio = (_length(skel.head(sided("wrist", side)), shoulder_s)
                      / _length(c.head(sided("wrist", side)), shoulder_t))
-        wrist_rel = (shoulder_s - root_ref) + arm_ratio * (c.hands[side](f) - (shoulder_t - c.head("root")))
-        arms[side] = Limb(target=root + root_rot @ wrist_rel)
+        carry = rotation(-side * style.carry * np.array([0.0, 1.0, 0.0]))  # the arm carried outwards
+        arm = carry @ (arm_ratio * (c.hands[side](f) - (shoulder_t - c.head("root"))))
+        arms[side] = Limb(target=root + root_rot @ (shoulder_s - root_ref + arm))
         toe = c.local(sided("toe1-1", side), sided("toe1-1", side), f)
         bones.update({sided(t, side): toe for t in _TOES})
     return Pose(legs, arms, pelvis=rotvec_of(root_rot), root_offset=bob, bones=bones)

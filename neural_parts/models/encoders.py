@@ -50,25 +50,29 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """ResNet-18 trunk + head: images (B, 3, H, W) ImageNet-normalised -> features (B, F)."""
+    """ResNet-18 trunk + head: images (B, 3, H, W) ImageNet-normalised -> features (B, F).
 
-    def __init__(self, feature_size: int = 256, freeze_bn: bool = True):
+    ``width`` is the channel count of the first stage (64: torchvision's ResNet-18, whose weights then
+    load; smaller widths scale every stage, and the head's hidden layer, by width / 64).
+    """
+
+    def __init__(self, feature_size: int = 256, freeze_bn: bool = True, width: int = 64):
         super().__init__()
         norm = FrozenBatchNorm2d if freeze_bn else nn.BatchNorm2d
         self.feature_size = feature_size
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = norm(64)
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = norm(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        widths = (64, 128, 256, 512)
-        inplanes = 64
+        widths = (width, 2 * width, 4 * width, 8 * width)
+        inplanes = width
         for i, planes in enumerate(widths):
             stride = 1 if i == 0 else 2
             layer = nn.Sequential(BasicBlock(inplanes, planes, stride, norm), BasicBlock(planes, planes, 1, norm))
             setattr(self, f"layer{i + 1}", layer)
             inplanes = planes
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, feature_size))
+        self.fc = nn.Sequential(nn.Linear(8 * width, 8 * width), nn.ReLU(), nn.Linear(8 * width, feature_size))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -41,6 +41,27 @@ class CouplingLayer(nn.Module):
         self.register_buffer("mask", mask.reshape(1, 1, 1, 3))
 
 
+def matrix_to_quaternion(R: Tensor) -> Tensor:
+    """Unit quaternions (..., 4) = (w, x, y, z) of rotation matrices R (..., 3, 3), the inverse of
+    ``npkernels.coupling.affine.quaternion_to_matrix`` (largest-component branch: stable everywhere)."""
+    m = R.reshape(-1, 3, 3)
+    trace = m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]
+    candidates = torch.stack([  # 4 * q * q_k for k = w, x, y, z: one of them has |q_k| >= 1/2
+        torch.stack([1 + trace, m[:, 2, 1] - m[:, 1, 2], m[:, 0, 2] - m[:, 2, 0], m[:, 1, 0] - m[:, 0, 1]], -1),
+        torch.stack([m[:, 2, 1] - m[:, 1, 2], 1 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2], m[:, 0, 1] + m[:, 1, 0],
+                     m[:, 0, 2] + m[:, 2, 0]], -1),
+        torch.stack([m[:, 0, 2] - m[:, 2, 0], m[:, 0, 1] + m[:, 1, 0], 1 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2],
+                     m[:, 1, 2] + m[:, 2, 1]], -1),
+        torch.stack([m[:, 1, 0] - m[:, 0, 1], m[:, 0, 2] + m[:, 2, 0], m[:, 1, 2] + m[:, 2, 1],
+                     1 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2]], -1),
+    ], 1)  # (n, 4 candidates, 4)
+    diagonal = torch.stack([1 + trace, 1 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2],
+                            1 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2], 1 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2]], -1)
+    best = candidates[torch.arange(len(m)), diagonal.argmax(-1)]
+    q = best / torch.linalg.vector_norm(best, dim=-1, keepdim=True)
+    return q.reshape(R.shape[:-2] + (4,))
+
+
 def random_masks(n_layers: int, generator: torch.Generator | None = None) -> list[Tensor]:
     """The authors' masks: per layer two of the three coordinates kept (randperm)."""
     masks = []
@@ -72,6 +93,27 @@ class ConditionalNVP(nn.Module):
     def affine(self, cond: Tensor) -> Affine:
         """Per-primitive sigma (B, M, 3), R (B, M, 3, 3), T (B, M, 3)."""
         return affine_from_heads(cond, self.scales, self.rotations, self.translations)
+
+    @torch.no_grad()
+    def initialise_affine(self, cond: Tensor, translation: Tensor, rotation: Tensor, sigma: Tensor) -> None:
+        """Set the last layer of each affine head so that, at these conditions, the heads give the targets.
+
+        cond (B, M, C); translation (B, M, 3), rotation (B, M, 3, 3), sigma (B, M, 3) > 0. Each head's last
+        Linear moves by the least-norm change that makes its outputs exact (B * M <= hidden + 1); the
+        couplings are untouched. Used to start primitives on parts of a shape (``fit``).
+        """
+        targets = {"translations": translation, "rotations": matrix_to_quaternion(rotation),
+                   "scales": torch.where(sigma >= 1, sigma - 1, torch.log(sigma))}  # inverse of elu(.) + 1
+        for name, target in targets.items():
+            head = getattr(self, name)
+            if head is None:
+                continue
+            hidden = head[:-1](cond).reshape(-1, head[-1].in_features)
+            lifted = torch.cat([hidden, torch.ones_like(hidden[:, :1])], 1)  # (B*M, H + 1)
+            residual = target.reshape(len(hidden), -1) - head[-1](hidden)
+            delta = torch.linalg.lstsq(lifted.double(), residual.double(), driver="gelsd").solution  # least norm
+            head[-1].weight += delta[:-1].t().to(head[-1].weight.dtype)
+            head[-1].bias += delta[-1].to(head[-1].bias.dtype)
 
     def forward(self, z: Tensor, cond: Tensor, affine: Affine | None = None) -> Tensor:
         """Sphere -> world: z (B, S, M, 3) -> (B, S, M, 3)."""

@@ -33,6 +33,7 @@ class NeuralParts(nn.Module):
         hidden_size, proj_dims, n_layers: the coupling stack (256, 128, 4 in the paper).
         radius: sphere radius r. encoder: "resnet18" or "latent" (needs ``n_shapes``).
         freeze_bn: BatchNorm uses running statistics only (the authors' setting for pretrained trunks).
+        width: channels of the ResNet-18's first stage (64 = torchvision's; smaller is cheaper).
         normalize, explicit_affine: the sigma scale head and the rigid (quaternion, translation) heads.
         network: "simple_nvp" (the conditional invertible network) or "atlasnet" (the authors'
             AtlasNet-sphere ablation: an MLP without inverse, see models/atlasnet.py).
@@ -41,7 +42,7 @@ class NeuralParts(nn.Module):
     def __init__(self, n_primitives: int = 5, feature_size: int = 256, hidden_size: int = 256,
                  proj_dims: int = 128, n_layers: int = 4, radius: float = 0.25, encoder: str = "resnet18",
                  freeze_bn: bool = True, normalize: bool = True, explicit_affine: bool = True,
-                 n_shapes: int | None = None, network: str = "simple_nvp"):
+                 n_shapes: int | None = None, network: str = "simple_nvp", width: int = 64):
         super().__init__()
         if n_primitives < 1:
             raise ValueError(f"n_primitives must be >= 1, got {n_primitives}")
@@ -49,7 +50,7 @@ class NeuralParts(nn.Module):
         self.n_primitives = n_primitives
         self.amp_encoder = False
         if encoder == "resnet18":
-            self.feature_extractor = ResNet18(feature_size, freeze_bn)
+            self.feature_extractor = ResNet18(feature_size, freeze_bn, width)
         elif encoder == "latent":
             if not n_shapes:
                 raise ValueError("encoder='latent' needs n_shapes")
@@ -71,7 +72,7 @@ class NeuralParts(nn.Module):
         fe, inn = cfg.feature_extractor, cfg.invertible_network
         model = cls(n_primitives=cfg.network.n_primitives, feature_size=fe.feature_size,
                     hidden_size=inn.hidden_size, proj_dims=cfg.projection_layer.proj_dims, n_layers=inn.n_blocks,
-                    radius=cfg.network.sphere_radius, encoder=fe.type, freeze_bn=fe.freeze_bn,
+                    radius=cfg.network.sphere_radius, encoder=fe.type, freeze_bn=fe.freeze_bn, width=fe.width,
                     normalize=inn.normalize, explicit_affine=inn.explicit_affine, n_shapes=n_shapes,
                     network=inn.type)
         model.kernel_backend = cfg.runtime.kernel_backend

@@ -18,7 +18,6 @@ import triton
 import triton.language as tl
 
 from .. import _utils
-from .._dispatch import log_once
 from .._triton_utils import KernelOp, on_device
 from . import reference
 from ._triton_backward import stack_backward
@@ -28,6 +27,7 @@ from ._triton_blocks import (
     _store3,
     coupling_stack,
     kernel_args,
+    scale_log_det,
     world_to_sphere_rigid,
 )
 from .weights import Affine, CouplingWeights
@@ -38,7 +38,7 @@ def _coupling_kernel(
     x_ptr,  # points: element (b, n, m, c) at b*sxb + n*sxn + m*sxm + c*sxc (sxm = 0 when shared)
     owner_ptr,  # (B, N) int64 primitive of each point (HAS_OWNER)
     out_ptr,  # (R, 3) output rows, R = B*N*M (or B*N with owner), in x's dtype
-    ld_ptr,  # (R,) fp32 log-det (WRITE_LOG_DET)
+    ld_ptr,  # (R,) fp32 log-det, or the authors' ldj with ALL_S (WRITE_LOG_DET)
     stage_ptr,  # (L + 1, R, 3) fp32 rows before each layer and after the last (STORE_STAGES)
     scale_ptr, rot_ptr, trans_ptr,  # (B*M, 3), (B*M, 9), (B*M, 3) fp32
     bias_ptr,  # (B*M, L*2*H) fp32 hoisted first-layer biases
@@ -47,7 +47,7 @@ def _coupling_kernel(
     sxb, sxn, sxm, sxc, R, N, M,
     L: tl.constexpr, H: tl.constexpr, P: tl.constexpr, HP: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_K: tl.constexpr, INVERSE: tl.constexpr, HAS_OWNER: tl.constexpr, WRITE_LOG_DET: tl.constexpr,
-    STORE_STAGES: tl.constexpr, DOT_PREC: tl.constexpr,
+    STORE_STAGES: tl.constexpr, DOT_PREC: tl.constexpr, ALL_S: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = rows < R
@@ -60,7 +60,13 @@ def _coupling_kernel(
         y0, y1, y2 = world_to_sphere_rigid(y0, y1, y2, bm, rmask, scale_ptr, rot_ptr, trans_ptr)
     y0, y1, y2, log_det = coupling_stack(y0, y1, y2, bm, rows, rmask, bias_ptr, pw1_ptr, pb1_ptr, pw2_desc,
                                          pb2_ptr, w1_desc, w2_desc, b2_ptr, w3_desc, b3_ptr, mask_ptr, stage_ptr,
-                                         R, L, H, P, HP, BLOCK_R, BLOCK_K, INVERSE, DOT_PREC, STORE_STAGES)
+                                         R, L, H, P, HP, BLOCK_R, BLOCK_K, INVERSE, DOT_PREC, STORE_STAGES,
+                                         ALL_S)
+    if WRITE_LOG_DET and not ALL_S:  # the scale stage; the rotation has det 1
+        if INVERSE:
+            log_det += scale_log_det(bm, rmask, scale_ptr)
+        else:
+            log_det -= scale_log_det(bm, rmask, scale_ptr)
     if not INVERSE:
         y0, y1, y2 = _sphere_to_world_rigid(y0, y1, y2, bm, rmask, scale_ptr, rot_ptr, trans_ptr)
     if HAS_OWNER:
@@ -74,9 +80,9 @@ def _coupling_kernel(
         tl.store(ld_ptr + rows, log_det, mask=rmask)
 
 
-def launch(points, cond, weights: CouplingWeights, affine: Affine, *, inverse: bool, owner, log_det: bool,
-           stages: bool = False):
-    """Run the fused map without autograd.
+def launch(points, cond, weights: CouplingWeights, affine: Affine, *, inverse: bool, owner,
+           log_det: str | None, stages: bool = False):
+    """Run the fused map without autograd; log_det: None, "jacobian" or "authors_ldj" (see the reference).
 
     Returns (out, log_det or None, stages or None) in the reference's shapes; stages: (L + 1, R, 3)
     fp32 rows before each layer and after the last, in the order applied (R = B*N*M, or B*N with owner).
@@ -98,15 +104,16 @@ def launch(points, cond, weights: CouplingWeights, affine: Affine, *, inverse: b
             _coupling_kernel[(triton.cdiv(rows, cfg.block_r),)](
                 xv, owner if owner is not None else out, out, ld if log_det else out, st if stages else out,
                 *tensors, *strides, rows, N, M, BLOCK_R=cfg.block_r, INVERSE=inverse,
-                HAS_OWNER=owner is not None, WRITE_LOG_DET=log_det, STORE_STAGES=stages,
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts)
+                HAS_OWNER=owner is not None, WRITE_LOG_DET=log_det is not None, STORE_STAGES=stages,
+                ALL_S=log_det == "authors_ldj", num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts)
     return out, (ld.to(points.dtype) if log_det else None), st
 
 
 def _reference(points, cond, weights, affine, owner, inverse, log_det):
+    kinds = {"return_log_det": log_det == "jacobian", "return_authors_ldj": log_det == "authors_ldj"}
     if inverse:
-        return reference.coupling_inverse(points, cond, weights, affine, owner=owner, return_log_det=log_det)
-    return reference.coupling_forward(points, cond, weights, affine, return_log_det=log_det)
+        return reference.coupling_inverse(points, cond, weights, affine, owner=owner, **kinds)
+    return reference.coupling_forward(points, cond, weights, affine, **kinds)
 
 
 class _CouplingOp(KernelOp):
@@ -122,7 +129,7 @@ class _CouplingOp(KernelOp):
     def fused_backward(args, static, kept, saved, grads):
         inverse, owner, log_det = static
         return stack_backward(*args, inverse=inverse, owner=owner, stages=saved[0], grad_out=grads[0],
-                              grad_ld=grads[1] if log_det else None)
+                              grad_ld=grads[1] if log_det else None, log_det=log_det)
 
     @staticmethod
     def run_reference(args, static, kept):
@@ -132,18 +139,18 @@ class _CouplingOp(KernelOp):
 
 
 def _run(points, cond, weights, affine, *, inverse, owner, log_det):
-    if points.dtype == torch.float64:
-        log_once("coupling:fp64", "npkernels: float64 coupling runs the PyTorch reference (no fp64 kernel)")
-        return _reference(points, cond, weights, affine, owner, inverse, log_det)
     outs = _CouplingOp.run(points, cond, weights, affine, inverse, owner, log_det)
     return tuple(outs) if log_det else outs[0]
 
 
-def coupling_inverse(x, cond, weights, affine, *, owner=None, return_log_det=False):
-    """World -> sphere with the fused kernel; same arguments, shapes and results as the reference."""
-    return _run(x, cond, weights, affine, inverse=True, owner=owner, log_det=return_log_det)
+def coupling_inverse(x, cond, weights, affine, *, owner=None, return_log_det=False, return_authors_ldj=False):
+    """World -> sphere with the fused kernel; same arguments, shapes and results as the reference
+    (float32, or 16-bit on a GPU; owner indices must be in range: out-of-range rows come out NaN)."""
+    return _run(x, cond, weights, affine, inverse=True, owner=owner,
+                log_det=reference.log_det_kind(return_log_det, return_authors_ldj))
 
 
-def coupling_forward(z, cond, weights, affine, *, return_log_det=False):
+def coupling_forward(z, cond, weights, affine, *, return_log_det=False, return_authors_ldj=False):
     """Sphere -> world with the fused kernel; same arguments, shapes and results as the reference."""
-    return _run(z, cond, weights, affine, inverse=False, owner=None, log_det=return_log_det)
+    return _run(z, cond, weights, affine, inverse=False, owner=None,
+                log_det=reference.log_det_kind(return_log_det, return_authors_ldj))

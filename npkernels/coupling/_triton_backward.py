@@ -6,8 +6,9 @@ layer (last applied first), the layer's stage, recomputes its activations on chi
 through the update, both heads and the projection, and writes the per-row activations and
 pre-activation gradients that the weight gradients need; those are row sums, i.e. batched matrix
 products (``stack_backward``, in chunks of ``FUSED_BACKWARD_ROWS`` rows so memory stays bounded).
-The hoisted biases, the rigid map and the scale are differentiated by autograd through the
-reference's small functions. Second order (``create_graph``) does not come here (decisions 8).
+The hoisted biases, the rigid map and the scale (with its log-det term) are differentiated by
+autograd through the reference's small functions. Second order (``create_graph``) does not come
+here (decisions 8).
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def _coupling_backward_kernel(
     R, N, M,
     L: tl.constexpr, H: tl.constexpr, P: tl.constexpr, HP: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_K: tl.constexpr, INVERSE: tl.constexpr, HAS_OWNER: tl.constexpr, HAS_GLD: tl.constexpr,
-    DOT_PREC: tl.constexpr,
+    DOT_PREC: tl.constexpr, ALL_S: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = rows < R
@@ -129,9 +130,9 @@ def _coupling_backward_kernel(
                                 h1_tab_ptr + rs, h2_tab_ptr + rs, H, BLOCK_R, BLOCK_K, DOT_PREC, True)
         t0, t1, t2, h2t = _head(p, bias_row + H, 2 * layer + 1, w1_desc, w2_desc, w3_desc, b2_ptr, b3_ptr, rmask,
                                 h1_tab_ptr + rt, h2_tab_ptr + rt, H, BLOCK_R, BLOCK_K, DOT_PREC, True)
-        gs0, gt0, g0 = _update_backward(g0, gld, y0, m0, s0, t0, INVERSE)
-        gs1, gt1, g1 = _update_backward(g1, gld, y1, m1, s1, t1, INVERSE)
-        gs2, gt2, g2 = _update_backward(g2, gld, y2, m2, s2, t2, INVERSE)
+        gs0, gt0, g0 = _update_backward(g0, gld, y0, m0, s0, t0, INVERSE, ALL_S)
+        gs1, gt1, g1 = _update_backward(g1, gld, y1, m1, s1, t1, INVERSE, ALL_S)
+        gs2, gt2, g2 = _update_backward(g2, gld, y2, m2, s2, t2, INVERSE, ALL_S)
         gp = _head_backward(gs0, gs1, gs2, h2s, p, bias_row, 2 * layer, w1_desc, w2_desc, w3_desc, rmask,
                             go_tab_ptr + (2 * layer * R + rows) * 16, ga2_tab_ptr + rs, ga1_tab_ptr + rs, H, P, BLOCK_R,
                             BLOCK_K, DOT_PREC)
@@ -152,17 +153,20 @@ def _coupling_backward_kernel(
 
 
 @triton.jit
-def _update_backward(g, gld, y, m, s_raw, t, INVERSE: tl.constexpr):
+def _update_backward(g, gld, y, m, s_raw, t, INVERSE: tl.constexpr, ALL_S: tl.constexpr):
     """One coordinate of a coupling update, backwards: gradient g of y' (and gld of the log-det)
-    -> (gradient of the raw s output, of t, of y). The clamp passes gradient strictly inside
+    -> (gradient of the raw s output, of t, of y). The log-det holds the s of transformed
+    coordinates only (ALL_S: every s, the authors' ldj). The clamp passes gradient strictly inside
     (-10, 10), as torch's hardtanh does."""
     s = _clamp_s(s_raw)
     free = 1.0 - m
-    if INVERSE:  # y' = m*y + (1-m)*(y*exp(s) + t), log_det += s
+    if not ALL_S:
+        gld = free * gld
+    if INVERSE:  # y' = m*y + (1-m)*(y*exp(s) + t), log_det += (1-m)*s
         e = tl.exp(s)
         gs = free * g * y * e + gld
         gt = free * g
-    else:  # y' = m*y + (1-m)*((y - t)*exp(-s)), log_det -= s
+    else:  # y' = m*y + (1-m)*((y - t)*exp(-s)), log_det -= (1-m)*s
         e = tl.exp(-s)
         gs = -(free * g * (y - t) * e) - gld
         gt = -(free * g * e)
@@ -185,12 +189,13 @@ def _backward_tables(pk: dict, rows: int, dev) -> dict:
 
 
 def stack_backward(points, cond, weights: CouplingWeights, affine: Affine, *, inverse: bool, owner, stages,
-                   grad_out, grad_ld) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                   grad_out, grad_ld, log_det: str | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """First-order gradients of the fused map from the ``stages`` its forward kernel wrote.
 
     points, cond, weights, affine: the op's arguments, requiring grad where a gradient is wanted;
     stages: (L + 1, R, 3) fp32 from ``launch(..., stages=True)``; grad_out: gradient of the output
-    (its shape) or None; grad_ld: of the log-det or None. Returns [(leaf, gradient), ...].
+    (its shape) or None; grad_ld: of the second output or None, which ``log_det`` names ("jacobian",
+    "authors_ldj" or None, as in ``launch``). Returns [(leaf, gradient), ...].
 
     The backward kernel redoes each layer from its stored input (activations are recomputed, never
     kept from the forward pass), runs the layer backwards and writes per-row activations and
@@ -246,7 +251,7 @@ def stack_backward(points, cond, weights: CouplingWeights, affine: Affine, *, in
                 gld if gld is not None else gin, gin, tab["hp"], tab["ghp"], tab["p"], tab["gp"], tab["h1"], tab["ga1"],
                 tab["h2"], tab["ga2"], tab["go"], *tensors[3:], rows, hi - lo, M, BLOCK_R=cfg.block_r,
                 INVERSE=inverse, HAS_OWNER=owner is not None, HAS_GLD=gld is not None,
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts)
+                ALL_S=log_det == "authors_ldj", num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts)
         g_in[:, lo:hi] = gin.view(B, hi - lo, *shape[2:], 3)
         q = st[applied] * pk["mask"][:, None, :3]
         sums["pw1"] += torch.einsum("lrh,lrc->hc", tab["ghp"], q)
@@ -273,6 +278,10 @@ def stack_backward(points, cond, weights: CouplingWeights, affine: Affine, *, in
                 found += zip(targets, res)
         elif points.requires_grad:
             found.append((points, g_in.to(points.dtype)))
+        if log_det == "jacobian" and grad_ld is not None and affine.scale.requires_grad:
+            sign = 1.0 if inverse else -1.0  # the scale stage adds +-sum(log sigma) to the log-det
+            term = sign * reference.scale_log_det(affine32, owner).expand(grad_ld.shape)
+            found += zip([affine.scale], torch.autograd.grad(term, [affine.scale], grad_ld.float()))
         found += _bias_grads(cond, weights, sums["beta"], B, M)
     found += _weight_grads(weights, sums)
     return [(leaf, g) for leaf, g in found if g is not None]

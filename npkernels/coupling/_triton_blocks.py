@@ -7,8 +7,8 @@ stays on chip: the rigid map, the scale, and for each of the L coupling layers
     h1 = relu(W1_P p + beta[b, m, layer])                merged s/t first layer; beta = W1_C C_m + b1,
                                                          hoisted: one (B*M, C) x (C, L*2*H) product per call
     s  = clamp(W3_s relu(W2_s h1_s + b2_s) + b3_s, -10, 10),  t = W3_t relu(W2_t h1_t + b2_t) + b3_t
-    inverse: y <- m*y + (1-m)*(y*exp(s) + t), log_det += sum(s)
-    forward: y <- m*y + (1-m)*((y - t)*exp(-s)), log_det -= sum(s)
+    inverse: y <- m*y + (1-m)*(y*exp(s) + t), log_det += sum((1-m)*s)  (ALL_S: sum(s), the authors' ldj)
+    forward: y <- m*y + (1-m)*((y - t)*exp(-s)), log_det -= sum((1-m)*s)
 inverse = ((x - T) @ R^T) * sigma, then layers L-1..0; forward = layers 0..L-1, then / sigma, @ R + T.
 
 Layout and tiles: weights packed by ``_pack.pack_weights`` (widths zero-padded to powers of two
@@ -22,7 +22,8 @@ chunks of BLOCK_K, each chunk of the previous activation computed just before it
 
 Precision: fp32 inputs use fp32 dot operands with ``input_precision`` "ieee" when
 ``torch.get_float32_matmul_precision() == "highest"``, else "tf32"; bf16/fp16 inputs (GPU only, never
-chosen implicitly) use 16-bit operands; accumulation is always fp32; float64 runs the reference.
+chosen implicitly) use 16-bit operands; accumulation is always fp32; there is no float64 kernel
+(``select_backend`` routes float64).
 """
 
 from __future__ import annotations
@@ -120,8 +121,12 @@ def _clamp_s(s):
 def coupling_stack(y0, y1, y2, bm, rows, rmask, bias_ptr, pw1_ptr, pb1_ptr, pw2_desc, pb2_ptr, w1_desc, w2_desc,
                    b2_ptr, w3_desc, b3_ptr, mask_ptr, stage_ptr, R, L: tl.constexpr, H: tl.constexpr,
                    P: tl.constexpr, HP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-                   INVERSE: tl.constexpr, DOT_PREC: tl.constexpr, STORE_STAGES: tl.constexpr):
+                   INVERSE: tl.constexpr, DOT_PREC: tl.constexpr, STORE_STAGES: tl.constexpr,
+                   ALL_S: tl.constexpr):
     """The L coupling layers on rows (y0, y1, y2) of primitives bm -> (y0, y1, y2, log_det).
+
+    log_det sums the transformed coordinates' s per layer (ALL_S: all three s, the authors' ldj), with
+    the sign of the direction; the scale stage's term is the caller's.
 
     STORE_STAGES: write the rows entering each layer and the result, in the order applied, to the
     (L + 1, R, 3) fp32 table stage_ptr (what the fused backward starts from).
@@ -143,16 +148,20 @@ def coupling_stack(y0, y1, y2, bm, rows, rmask, bias_ptr, pw1_ptr, pb1_ptr, pw2_
         t0, t1, t2, _ = _head(p, bias_row + H, 2 * layer + 1, w1_desc, w2_desc, w3_desc, b2_ptr, b3_ptr, rmask,
                               None, None, H, BLOCK_R, BLOCK_K, DOT_PREC, False)
         s0, s1, s2 = _clamp_s(s0), _clamp_s(s1), _clamp_s(s2)
+        if ALL_S:
+            ld = s0 + s1 + s2
+        else:
+            ld = (1.0 - m0) * s0 + (1.0 - m1) * s1 + (1.0 - m2) * s2
         if INVERSE:
             y0 = m0 * y0 + (1.0 - m0) * (y0 * tl.exp(s0) + t0)
             y1 = m1 * y1 + (1.0 - m1) * (y1 * tl.exp(s1) + t1)
             y2 = m2 * y2 + (1.0 - m2) * (y2 * tl.exp(s2) + t2)
-            log_det += s0 + s1 + s2
+            log_det += ld
         else:
             y0 = m0 * y0 + (1.0 - m0) * ((y0 - t0) * tl.exp(-s0))
             y1 = m1 * y1 + (1.0 - m1) * ((y1 - t1) * tl.exp(-s1))
             y2 = m2 * y2 + (1.0 - m2) * ((y2 - t2) * tl.exp(-s2))
-            log_det -= s0 + s1 + s2
+            log_det -= ld
     if STORE_STAGES:
         _store3(stage_ptr + (L * R + rows) * 3, y0, y1, y2, rmask)
     return y0, y1, y2, log_det
@@ -177,6 +186,13 @@ def world_to_sphere_rigid(x0, x1, x2, bm, rmask, scale_ptr, rot_ptr, trans_ptr):
     s0, s1, s2 = _load3(scale_ptr + bm * 3, rmask, 1.0)
     return ((d0 * r00 + d1 * r01 + d2 * r02) * s0, (d0 * r10 + d1 * r11 + d2 * r12) * s1,
             (d0 * r20 + d1 * r21 + d2 * r22) * s2)
+
+
+@triton.jit
+def scale_log_det(bm, rmask, scale_ptr):
+    """sum(log sigma) of rows of primitives bm: the log|det| of the scale stage of world -> sphere."""
+    s0, s1, s2 = _load3(scale_ptr + bm * 3, rmask, 1.0)
+    return tl.log(s0) + tl.log(s1) + tl.log(s2)
 
 
 @triton.jit

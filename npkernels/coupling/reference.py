@@ -8,10 +8,15 @@ the oracle of the Triton kernels. Same maths as the authors' SimpleNVP (see naiv
 - everything differentiable to any order (second order for the normal loss).
 
 Per layer with mask m (1 = kept coordinate) and h = [C, proj(m * y)]:
-    world -> sphere ("inverse"): y' = m*y + (1-m)*(y*exp(s(h)) + t(h)),  log|det| = +sum(s)
-    sphere -> world ("forward"): y' = m*y + (1-m)*((y - t(h))*exp(-s(h))),  log|det| = -sum(s)
+    world -> sphere ("inverse"): y' = m*y + (1-m)*(y*exp(s(h)) + t(h)),  log|det| = +sum((1-m)*s)
+    sphere -> world ("forward"): y' = m*y + (1-m)*((y - t(h))*exp(-s(h))),  log|det| = -sum((1-m)*s)
 Full maps: inverse = rigid^-1, then * sigma, then layers L-1..0; forward = layers 0..L-1,
 then / sigma, then @ R + T (row vectors). Accumulation in the input dtype (fp32 or fp64).
+
+Log-determinants: ``return_log_det`` gives log|det d(phi^-1)/dx| = sum over layers of the transformed
+coordinates' s, plus sum(log sigma) (the rotation has det 1); the forward map's is its negative at the
+matching point. ``return_authors_ldj`` gives instead the authors' SimpleNVP "ldj": the sum over layers
+of all three s outputs (no mask, no scale term), which is not a log-determinant.
 """
 from __future__ import annotations
 
@@ -90,38 +95,67 @@ def _scale_shift(y: Tensor, lw: LayerWeights, bias: Tensor, w_p: Tensor, weights
     return s, t
 
 
+LOG_DET_KINDS = ("jacobian", "authors_ldj")
+
+
+def log_det_kind(return_log_det: bool, return_authors_ldj: bool) -> str | None:
+    """Which second output a coupling op returns: "jacobian", "authors_ldj" or None."""
+    if return_log_det and return_authors_ldj:
+        raise ValueError("return_log_det and return_authors_ldj are exclusive: ask for one of them")
+    return "jacobian" if return_log_det else "authors_ldj" if return_authors_ldj else None
+
+
+def scale_log_det(affine: Affine, owner: Tensor | None = None) -> Tensor:
+    """sum(log sigma), the log|det| of the scale stage of world -> sphere, in the point layout:
+    (B, 1, M), or (B, N) with owner (B, N)."""
+    return _rows(torch.log(affine.scale).sum(-1), owner)
+
+
+def _layer_log_det(s: Tensor, lw: LayerWeights, kind: str | None) -> Tensor:
+    """A layer's term of the log-det: the transformed coordinates' s, or all of s (authors' ldj)."""
+    return s.sum(-1) if kind == "authors_ldj" else ((1 - lw.mask) * s).sum(-1)
+
+
 def coupling_inverse(x: Tensor, cond: Tensor, weights: CouplingWeights, affine: Affine, *,
                      owner: Tensor | None = None, return_log_det: bool = False,
-                     prepared: list[tuple[Tensor, Tensor]] | None = None):
+                     return_authors_ldj: bool = False, prepared: list[tuple[Tensor, Tensor]] | None = None):
     """World -> sphere map of every point in every primitive (or in its ``owner`` primitive).
 
     Args:
         x: (B, N, 3) points shared by all primitives, or (B, N, M, 3).
         cond: (B, M, C) per-primitive conditions.
         owner: optional (B, N) int64 primitive index per point; x must then be (B, N, 3).
-        return_log_det: also return log|det J| = sum over layers of sum(s), shape of x[..., 0].
+        return_log_det: also return log|det d(phi^-1)/dx|, shape of x[..., 0] (see the module docstring).
+        return_authors_ldj: also return the authors' ldj instead (exclusive with return_log_det).
         prepared: ``prepare(cond, weights)``, to share it between chunks of one evaluation.
     Returns:
-        (B, N, M, 3) sphere coordinates ((B, N, 3) with owner), and optionally the log-det.
+        (B, N, M, 3) sphere coordinates ((B, N, 3) with owner), and optionally the log-det or ldj.
     """
+    kind = log_det_kind(return_log_det, return_authors_ldj)
     prepared = prepare(cond, weights) if prepared is None else prepared
     y = to_sphere_frame(x, affine, owner)
     log_det = y.new_zeros(y.shape[:-1])
     for lw, (bias, w_p) in zip(reversed(weights.layers), reversed(prepared)):
         s, t = _scale_shift(y, lw, _rows(bias, owner), w_p, weights)
         y = lw.mask * y + (1 - lw.mask) * (y * torch.exp(s) + t)
-        log_det = log_det + s.sum(-1)
-    return (y, log_det) if return_log_det else y
+        log_det = log_det + _layer_log_det(s, lw, kind)
+    if kind == "jacobian":
+        log_det = log_det + scale_log_det(affine, owner)
+    return y if kind is None else (y, log_det)
 
 
 def coupling_forward(z: Tensor, cond: Tensor, weights: CouplingWeights, affine: Affine, *,
-                     return_log_det: bool = False):
-    """Sphere -> world map: z (B, S, M, 3) -> (B, S, M, 3); optionally log|det J| (B, S, M) = -sum(s)."""
+                     return_log_det: bool = False, return_authors_ldj: bool = False):
+    """Sphere -> world map: z (B, S, M, 3) -> (B, S, M, 3); optionally log|det d(phi)/dz| (B, S, M),
+    minus the inverse's at the matching point (or the authors' ldj, the negative of all s summed)."""
+    kind = log_det_kind(return_log_det, return_authors_ldj)
     y = z
     log_det = y.new_zeros(y.shape[:-1])
     for lw, (bias, w_p) in zip(weights.layers, prepare(cond, weights)):
         s, t = _scale_shift(y, lw, bias.unsqueeze(1), w_p, weights)
         y = lw.mask * y + (1 - lw.mask) * ((y - t) * torch.exp(-s))
-        log_det = log_det - s.sum(-1)
+        log_det = log_det - _layer_log_det(s, lw, kind)
+    if kind == "jacobian":
+        log_det = log_det - scale_log_det(affine)
     y = to_world_frame(y, affine)
-    return (y, log_det) if return_log_det else y
+    return y if kind is None else (y, log_det)

@@ -7,7 +7,7 @@ activations on chip), takes ||z|| - r and keeps a running (min, argmin) in regis
 the argmin (B, N) int64 are written, plus g (B, N, M) when ``per_primitive`` is asked.
 
 Precision as in the coupling kernels (fp32 dots IEEE or TF32 following
-torch.get_float32_matmul_precision(); fp32 accumulation; float64 runs the reference).
+torch.get_float32_matmul_precision(); fp32 accumulation; no float64 kernel).
 
 Backward (autograd.Function storing the inputs and the argmin only): the gradient of G flows
 into the argmin primitive alone, so a first-order backward maps each point again in that primitive
@@ -23,7 +23,6 @@ import triton
 import triton.language as tl
 
 from .. import _utils
-from .._dispatch import log_once
 from .._triton_utils import KernelOp, on_device
 from ..coupling import reference as coupling_reference
 from ..coupling._triton import launch as coupling_launch
@@ -63,7 +62,7 @@ def _implicit_union_kernel(
         y0, y1, y2 = world_to_sphere_rigid(x0, x1, x2, bm, rmask, scale_ptr, rot_ptr, trans_ptr)
         y0, y1, y2, _ = coupling_stack(y0, y1, y2, bm, rows, rmask, bias_ptr, pw1_ptr, pb1_ptr, pw2_desc,
                                        pb2_ptr, w1_desc, w2_desc, b2_ptr, w3_desc, b3_ptr, mask_ptr, None, R, L, H,
-                                       P, HP, BLOCK_R, BLOCK_K, True, DOT_PREC, False)
+                                       P, HP, BLOCK_R, BLOCK_K, True, DOT_PREC, False, False)
         g = tl.sqrt(y0 * y0 + y1 * y1 + y2 * y2) - radius
         if PER_PRIMITIVE:
             tl.store(g_ptr + rows * M + m, g.to(g_ptr.dtype.element_ty), mask=rmask)
@@ -120,10 +119,10 @@ class _ImplicitOp(KernelOp):
         for owner, grad in ((kept[0], grads[0]), (None, grads[2] if per_primitive else None)):
             if grad is None:
                 continue
-            z, _, stages = coupling_launch(x, cond, weights, affine, inverse=True, owner=owner, log_det=False,
+            z, _, stages = coupling_launch(x, cond, weights, affine, inverse=True, owner=owner, log_det=None,
                                            stages=True)
             found += stack_backward(x, cond, weights, affine, inverse=True, owner=owner, stages=stages,
-                                    grad_out=_norm_backward(z, grad), grad_ld=None)
+                                    grad_out=_norm_backward(z, grad), grad_ld=None, log_det=None)
         return found
 
     @staticmethod
@@ -139,8 +138,5 @@ class _ImplicitOp(KernelOp):
 
 def implicit_union(x, cond, weights, affine, *, radius: float, per_primitive: bool) -> UnionImplicit:
     """G(x), argmin and optionally g (B, N, M) with the fused kernel; semantics of the reference."""
-    if x.dtype == torch.float64:
-        log_once("implicit:fp64", "npkernels: float64 implicit_union runs the reference (no fp64 kernel)")
-        return reference.implicit_union(x, cond, weights, affine, radius=radius, per_primitive=per_primitive)
     value, arg, g = _ImplicitOp.run(x, cond, weights, affine, radius, per_primitive)
     return UnionImplicit(value, arg, g if per_primitive else None)

@@ -46,10 +46,10 @@ def implicit_union(x: Tensor, cond: Tensor, weights: CouplingWeights, affine: Af
     B, N, _ = x.shape
     M = cond.shape[1]
     chunk_rows = chunk_rows or CHUNK_ROWS.get(x.device.type, DEFAULT_CHUNK_ROWS)
-    step = max(1, N) if needs_graph else max(1, chunk_rows // (B * M))
+    step = max(1, N) if needs_graph else max(1, chunk_rows // max(1, B * M))
     prepared = coupling.prepare(cond, weights)
     parts = [primitive_implicit(x[:, i:i + step], cond, weights, affine, radius, prepared)
-             for i in range(0, N, step)] or [x.new_zeros(B, 0, M)]
+             for i in range(0, max(N, 1), step)]  # N = 0: one empty chunk, still part of the graph
     g = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
     value, argmin = g.min(-1)
     return UnionImplicit(value, argmin, g if per_primitive else None)

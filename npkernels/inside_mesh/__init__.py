@@ -9,9 +9,10 @@ counts unsigned crossings (odd = inside) for meshes with inconsistent face orien
 Coordinates snap to a 2^30 lattice of the mesh's bounding box (finer than float32); points
 exactly on the surface get a deterministic label (the same on every backend).
 
-Backends: CUDA tensors -> the CUDA kernel; CPU -> the C++ kernel (``npkernels._C``, built by
-setup.py or on first use); otherwise the pure-PyTorch reference (O(N*F)); a log line on the
-``npkernels`` logger says which one runs.
+Backends (``npkernels._dispatch``): "extension" (``npkernels._C``, built by setup.py or on first use:
+the CUDA kernel for CUDA points, the C++ kernel otherwise), "reference" (pure PyTorch, O(N*F)) and
+"auto" (the extension when it loads, else the reference; ``NPKERNELS_BACKEND`` applies); a log line
+on the ``npkernels`` logger says which one runs.
 """
 from __future__ import annotations
 
@@ -21,15 +22,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .._dispatch import log_once
+from .._dispatch import log_once, select_backend
 from .._ext import get_ext
 from .._utils import check_finite
 from .reference import winding_reference
 
 __all__ = ["inside_mesh", "inside_mesh_batch"]
-
-_BACKENDS = ("auto", "extension", "reference")
-
 
 def _as_tensor(name: str, x) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
@@ -65,18 +63,12 @@ def _validate(vertices, faces, points, suffix: str) -> tuple[torch.Tensor, torch
     return v, f.long(), p
 
 
-def _backend(device: torch.device, backend: str) -> str:
-    """'cuda', 'cpu' (C++ kernels) or 'reference' for points on ``device``."""
-    if backend == "reference":
-        return "reference"
-    ext = get_ext()
-    if ext is None:
-        if backend == "extension":
-            raise RuntimeError("backend='extension' but the npkernels._C extension is unavailable "
-                               "(see the 'npkernels' log or npkernels._ext.ext_status())")
+def _backend(device: torch.device, chosen: str) -> str:
+    """'cuda', 'cpu' (C++ kernels) or 'reference' for points on ``device``; chosen: select_backend's."""
+    if chosen == "reference":
         return "reference"
     if device.type == "cuda":
-        if ext.has_cuda():
+        if get_ext().has_cuda():
             return "cuda"
         log_once("inside_mesh_cuda_copy", "npkernels.inside_mesh: extension built without CUDA; "
                   "CUDA points are labelled by the CPU kernel (copied to host and back)", logging.WARNING)
@@ -93,12 +85,13 @@ def inside_mesh_batch(vertices: Sequence, faces: Sequence, points: Sequence, *, 
         points: M arrays (N_m, 3) float, all numpy or all torch on one device (N_m may be 0).
         mode: "winding" (inside iff |w| > 0.5) or "parity" (odd number of crossings).
         return_winding: also return w (float64); winding mode only.
-        backend: "auto", "extension" (C++/CUDA kernels or RuntimeError) or "reference".
+        backend: "auto", "extension" (C++/CUDA kernels or RuntimeError) or "reference"; see
+            ``npkernels._dispatch`` (``NPKERNELS_BACKEND`` replaces "auto").
 
     Returns:
         A list of M results as ``inside_mesh`` returns them. On CUDA every mesh's structure is
-        built on the host and uploaded together (about 200 bytes per face), so split very large
-        batches.
+        built on the device, all meshes at once (about 0.5 KB of device memory per face while
+        building), so split very large batches.
     """
     if not (len(vertices) == len(faces) == len(points)):
         raise ValueError(f"vertices, faces and points must have the same length, got "
@@ -107,8 +100,7 @@ def inside_mesh_batch(vertices: Sequence, faces: Sequence, points: Sequence, *, 
         raise ValueError(f"mode must be 'winding' or 'parity', got {mode!r}")
     if return_winding and mode == "parity":
         raise ValueError("return_winding=True needs mode='winding' (parity has no winding number)")
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    chosen = select_backend("inside_mesh", backend=backend)
     if not len(points):
         return []
     as_numpy = isinstance(points[0], np.ndarray)
@@ -122,7 +114,7 @@ def inside_mesh_batch(vertices: Sequence, faces: Sequence, points: Sequence, *, 
         raise ValueError("points must all be on the same device")
     sizes = [c[2].shape[0] for c in checked]
     parity = mode == "parity"
-    chosen = _backend(device, backend)
+    chosen = _backend(device, chosen)
     log_once(f"inside_mesh_{chosen}", f"npkernels.inside_mesh: backend {chosen!r}"
               + (" (pure PyTorch, O(N*F): slow on large inputs)" if chosen == "reference" else ""))
     if chosen == "reference":
@@ -159,7 +151,7 @@ def inside_mesh(vertices, faces, points, *, mode: str = "winding", return_windin
         points: (N, 3) float query points in the vertices' unit; N may be 0.
         mode: "winding" (inside iff |w| > 0.5) or "parity" (odd number of ray crossings).
         return_winding: also return the winding number w (float64); winding mode only.
-        backend: "auto" (kernel where the points are, else the reference), "extension" or "reference".
+        backend: "auto" (the extension when it loads, else the reference), "extension" or "reference".
 
     Returns:
         inside (N,) bool of the type of ``points`` (numpy, or torch on the points' device);

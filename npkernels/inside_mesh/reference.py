@@ -8,7 +8,8 @@ Same maths as ``csrc/inside_mesh.h`` (read its header for the derivation), on ev
   inside its xy projection (three exact int64 edge predicates) below the face (an exact sign
   computed with 31-bit limbs, since the value needs ~95 bits);
 * winding = signed crossing count + the open-boundary-edge correction
-  sum_k k * atan2(num, den) / (2 pi), whose branch uses the same exact edge predicate.
+  sum_k k * atan2(num, den) / (2 pi), whose branch cut (den <= 0) uses the same exact edge
+  predicate.
 
 On closed meshes the winding number is an exact integer and equals the extension's (which may
 use another axis; the perturbation makes the result axis-independent, on-surface points too).
@@ -96,10 +97,11 @@ def _boundary_term(points: torch.Tensor, lpts: torch.Tensor, edges) -> torch.Ten
     cross = x[..., 0] * y[..., 1] - x[..., 1] * y[..., 0]
     # outside the mesh box the lattice point is clamped: use the floating-point sign (no edge is near)
     exact = (qu >= 0) & (qu <= LATTICE) & (qv >= 0) & (qv <= LATTICE)
-    num = torch.where(exact, torch.copysign(cross.abs(), (-s).double()), -cross)
     s = torch.where(exact, s, 1)
     den = nx * ny - ny * x[..., 2] - nx * y[..., 2] + (x[..., 0] * y[..., 0] + x[..., 1] * y[..., 1]
                                                         + x[..., 2] * y[..., 2])
+    # the exact sign at the branch cut (den <= 0) only, as in csrc/inside_mesh.h
+    num = torch.where(exact & (den <= 0), torch.copysign(cross.abs(), (-s).double()), -cross)
     term = torch.where(s != 0, k[None].double() * torch.atan2(num, den), 0.0)
     return term.sum(1) / (2.0 * math.pi)
 

@@ -8,15 +8,9 @@ index, merged into the running best with a strict ``<`` (earlier tiles hold lowe
 ties go to the lowest index everywhere. Only the int64 index is written: -1 for a masked query
 or when no valid candidate exists. Distances (and their gradients) are then recomputed in torch
 from the indices exactly as the reference does (``reference.gather_sq_dist``).
-
-When PyTorch3D is importable, the tensors are on CUDA and no mask is given, its ``knn_points``
-(K=1) supplies the indices instead; its distances are discarded so both paths return the
-reference's values and gradients.
 """
 
 from __future__ import annotations
-
-import importlib.util
 
 import torch
 import triton
@@ -114,27 +108,11 @@ def _knn_kernel(
         )
 
 
-def _pytorch3d_indices(x, y, both: bool):
-    from pytorch3d.ops import knn_points
-
-    idx_xy = knn_points(x, y, K=1).idx[..., 0]
-    return idx_xy, (knn_points(y, x, K=1).idx[..., 0] if both else None)
-
-
 def nearest_indices(x, y, x_mask=None, y_mask=None, both: bool = True):
     """(idx_xy (B, N), idx_yx (B, P) or None) int64 with the reference's conventions, one launch;
     ``both=False`` searches x -> y only."""
     B, N, _ = x.shape
     P = y.shape[1]
-    if (
-        x.is_cuda
-        and x_mask is None
-        and y_mask is None
-        and N
-        and P
-        and importlib.util.find_spec("pytorch3d") is not None
-    ):
-        return _pytorch3d_indices(x, y, both)
     idx_xy = _utils.empty(B, N, dtype=torch.int64, device=x.device)
     idx_yx = _utils.empty(B, P, dtype=torch.int64, device=x.device) if both else None
     tiles_x, tiles_y = triton.cdiv(N, BLOCK_Q), triton.cdiv(P, BLOCK_Q) if both else 0

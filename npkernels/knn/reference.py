@@ -23,13 +23,58 @@ _CHUNK_ELEMENTS = 1 << 24
 log = logging.getLogger("npkernels")
 
 
+def safe_sqrt(d: Tensor) -> Tensor:
+    """Euclidean distances from squared ones: sqrt with a finite gradient (0) at 0; exact values."""
+    positive = d > 0
+    root = torch.sqrt(torch.where(positive, d, torch.ones_like(d)))
+    return torch.where(positive, root, torch.zeros_like(d))
+
+
+REDUCTIONS = ("mean", "batch")
+
+
 class KNN(NamedTuple):
-    """dist_xy, idx_xy: (B, N) nearest y of each x; dist_yx, idx_yx: (B, P) nearest x of each y."""
+    """dist_xy, idx_xy: (B, N) nearest y of each x; dist_yx, idx_yx: (B, P) nearest x of each y.
+
+    Squared distances; idx -1 where a query was masked out of the search or found no candidate.
+    """
 
     dist_xy: Tensor
     idx_xy: Tensor
     dist_yx: Tensor
     idx_yx: Tensor
+
+    def chamfer(self, x_query_mask: Tensor | None = None, y_query_mask: Tensor | None = None, *,
+                squared: bool = False, reduction: str = "mean") -> tuple[Tensor, Tensor]:
+        """The two directional Chamfer terms of this search.
+
+        Args:
+            x_query_mask: optional bool (B, N): the x averaged in x->y. Unlike knn's ``x_mask`` it applies
+                at reduction time only, so every x stayed a candidate for the y->x search.
+            y_query_mask: optional bool (B, P): the y averaged in y->x, likewise.
+            squared: average squared distances (Chamfer-L2) instead of Euclidean ones (Chamfer-L1).
+            reduction: "mean" (over every averaged query of the batch: a scalar) or "batch" ((B,) means).
+        Returns:
+            (x_to_y, y_to_x): the mean distance from each averaged x to its nearest y, and back. Queries
+            with idx -1 are never averaged; a direction with nothing to average gives 0.
+        """
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        out = []
+        for name, d, idx, mask in (("x_query_mask", self.dist_xy, self.idx_xy, x_query_mask),
+                                   ("y_query_mask", self.dist_yx, self.idx_yx, y_query_mask)):
+            valid = idx >= 0
+            if mask is not None:
+                if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != idx.shape:
+                    raise ValueError(f"{name} must be a bool tensor of shape {tuple(idx.shape)}, got "
+                                     f"{getattr(mask, 'dtype', type(mask).__name__)} "
+                                     f"{tuple(getattr(mask, 'shape', ()))}")
+                valid = valid & mask
+            d = torch.where(valid, d, torch.zeros_like(d))
+            d = d if squared else safe_sqrt(d)
+            dims = (1,) if reduction == "batch" else (0, 1)
+            out.append(d.sum(dims) / valid.sum(dims).clamp_min(1))
+        return out[0], out[1]
 
 
 def _brute_force(q: Tensor, c: Tensor, c_mask: Tensor | None) -> Tensor:
@@ -117,21 +162,3 @@ def knn(x: Tensor, y: Tensor, *, x_mask: Tensor | None = None, y_mask: Tensor | 
     """Nearest neighbour of every x in y and of every y in x. x: (B, N, 3), y: (B, P, 3)."""
     return KNN(*nearest(x, y, x_mask=x_mask, y_mask=y_mask), *nearest(y, x, x_mask=y_mask, y_mask=x_mask))
 
-
-def safe_sqrt(d: Tensor) -> Tensor:
-    """sqrt with a finite gradient at 0 (the value stays exact)."""
-    positive = d > 0
-    return torch.where(positive, torch.sqrt(torch.where(positive, d, torch.ones_like(d))), torch.zeros_like(d))
-
-
-def directional_means(result: KNN, x_mask: Tensor | None, y_mask: Tensor | None, squared: bool,
-                      reduction: str) -> tuple[Tensor, Tensor]:
-    """Mean nearest distance x->y and y->x over valid queries that found a candidate."""
-    out = []
-    for d, idx in ((result.dist_xy, result.idx_xy), (result.dist_yx, result.idx_yx)):
-        valid = idx >= 0
-        d = torch.where(valid, d, torch.zeros_like(d))
-        d = d if squared else safe_sqrt(d)
-        dims = (1,) if reduction == "batch" else (0, 1)
-        out.append(d.sum(dims) / valid.sum(dims).clamp_min(1))
-    return out[0], out[1]

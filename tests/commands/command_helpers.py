@@ -24,3 +24,23 @@ def run_cli(module: str, *args, env: dict, cwd=None, timeout: float = 120) -> su
     """Run ``python -m neural_parts.<module> args`` and return the completed process (text output)."""
     return subprocess.run([sys.executable, "-m", f"neural_parts.{module}", *map(str, args)], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def ellipsoid_parts(n=5, min_vertices=5000):
+    """n separated ellipsoids along x, in [-0.5, 0.5]: (vertices, faces) pairs sharing one face array."""
+    import torch
+
+    from neural_parts.geometry import icosphere
+
+    v, f = icosphere(min_vertices, 1.0, device="cpu", dtype=torch.float64)
+    v, f = v.numpy(), f.numpy()
+    return [(v * [0.07, 0.2, 0.1] + [-0.4 + 0.2 * k, 0.05 * (k % 2), 0.0], f) for k in range(n)]
+
+
+def embedded_data(page: str) -> dict:
+    """The JSON a viewer page embeds (neural_parts.viewer)."""
+    import json
+    import re
+
+    match = re.search(r'<script type="application/json" id="np-data">(.*?)</script>', page, re.DOTALL)
+    return json.loads(match.group(1).replace("<\\/", "</"))

@@ -43,3 +43,14 @@ def trained_run(tmp_path_factory, dataset, env) -> Path:
                          "validation.every_steps=2"), env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def evaluation(tmp_path_factory, trained_run, dataset, env):
+    """evaluate --views 2 on the 3 test shapes (authors' protocol: fast): (CSV path, completed process); the
+    report is the CSV's .html, the viewers are in eval-views/."""
+    out = tmp_path_factory.mktemp("eval") / "eval.csv"
+    proc = run_cli("evaluate", trained_run, "--data", dataset / "test.h5", "--protocol", "authors", "--output", out,
+                   "--views", 2, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc

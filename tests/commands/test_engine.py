@@ -86,9 +86,21 @@ def test_batches_of_a_resumed_stream_are_those_of_the_uninterrupted_one(tmp_path
     dataset = NeuralPartsDataset(tmp_path / "train.h5", n_volume=64, n_surface=32, image_size=16, seed=3)
     straight = engine.infinite_batches(dataset, 2, seed=3)
     expected = [next(straight) for _ in range(7)]  # 2 batches per epoch: crosses three epochs
-    resumed = engine.infinite_batches(dataset, 2, seed=3, start=3)
+    resumed = engine.infinite_batches(dataset, 2, seed=3, start=(1, 2))  # epoch 1 after its first batch
     for want in expected[3:]:
         got = next(resumed)
         for key in want:
             assert torch.equal(want[key], got[key]), key
     assert not torch.equal(expected[0]["volume_points"], expected[2]["volume_points"])  # epochs differ
+
+
+def test_learning_rate_schedules():
+    from neural_parts.config import TrainingConfig
+
+    constant = TrainingConfig(lr=1e-3, warmup_steps=4)
+    assert [engine.learning_rate(constant, s) for s in (0, 3, 100)] == [2.5e-4, 1e-3, 1e-3]
+    cosine = TrainingConfig(lr=1e-3, lr_schedule="cosine", max_steps=100, lr_final=0.1)
+    lrs = [engine.learning_rate(cosine, s) for s in range(101)]
+    assert lrs[0] == 1e-3 and abs(lrs[50] - 0.55e-3) < 1e-12 and abs(lrs[100] - 1e-4) < 1e-12
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # monotone decay
+    assert engine.learning_rate(TrainingConfig(lr=1e-3, lr_schedule="cosine"), 10**6) == 1e-3  # no horizon

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from command_helpers import MESHES, run_cli
+from command_helpers import MESHES, embedded_data, run_cli
 
 from neural_parts import load
 
@@ -23,7 +23,11 @@ def test_fit_sphere_reports_metrics_and_exports(tmp_path, env):
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["iou"] <= 1 and metrics["chamfer_l1"] > 0 and metrics["steps"] == 3
     assert "IoU" in proc.stdout and "Chamfer-L1" in proc.stdout
-    assert {p.name for p in out.iterdir()} >= {"part_000.obj", "part_001.obj", "parts.ply", "preview.png", "fit.pt"}
+    assert {p.name for p in out.iterdir()} >= {"part_000.obj", "part_001.obj", "parts.ply", "preview.png", "fit.pt",
+                                               "view.html"}
+    viewer = embedded_data((out / "view.html").read_text())
+    assert viewer["scene"]["target"]["kind"] == "mesh" and len(viewer["scene"]["parts"]) == 2
+    assert ["IoU", f"{metrics['iou']:.4g}"] in viewer["metrics"]
     model = load(out / "fit.pt")
     assert model.n_primitives == 2 and model.step == 3
 

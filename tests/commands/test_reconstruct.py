@@ -24,9 +24,11 @@ def test_reconstruct_record_writes_parts_and_preview(tmp_path, trained_run, data
     coloured = trimesh.load(out / "parts.ply", process=False)
     assert len(np.unique(coloured.visual.vertex_colors[:, :3], axis=0)) == 2
     with Image.open(out / "preview.png") as im:
-        assert im.size == (3 * 256, 256 + TITLE_HEIGHT)
+        assert im.size == (4 * 256, 256 + TITLE_HEIGHT)  # input, two views of the primitives, the target
         pixels = np.asarray(im.convert("RGB"))
-    assert (pixels[:, 256:] != 255).any(), "the primitives are not visible in the preview"
+    assert (pixels[:, 256:768] != 255).any(), "the primitives are not visible in the preview"
+    assert (pixels[TITLE_HEIGHT:, 768:] != 255).any(), "the target's points are not visible in the preview"
+    assert (out / "view.html").stat().st_size > 0
     assert "union mesh" in proc.stdout
 
 
@@ -37,6 +39,9 @@ def test_reconstruct_image_file(tmp_path, trained_run, dataset, env):
                    "--min-vertices", 100, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "img" / "parts.glb").stat().st_size > 0 and (tmp_path / "img" / "preview.png").exists()
+    with Image.open(tmp_path / "img" / "preview.png") as im:
+        assert im.size == (3 * 256, 256 + TITLE_HEIGHT)  # no target column for an image file
+    assert '"target":null' in (tmp_path / "img" / "view.html").read_text()
 
 
 @pytest.mark.parametrize("make_input, message", [

@@ -37,7 +37,7 @@ def test_train_writes_the_run_folder(trained_run):
     log = (trained_run / "train.log").read_text()
     assert "device: cpu" in log and "kernel backend" in log and "float32 matmul precision" in log
     with Image.open(trained_run / "preview.png") as im:
-        assert im.size[0] == 3 * (im.size[1] - TITLE_HEIGHT)  # one shape: input, two views of the primitives
+        assert im.size[0] == 4 * (im.size[1] - TITLE_HEIGHT)  # input, two views of the primitives, the target
 
 
 def test_resume_after_sigkill_loses_at_most_one_interval(tmp_path, dataset, env):

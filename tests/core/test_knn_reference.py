@@ -88,3 +88,67 @@ def test_knn_input_errors():
         knn(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), x_mask=torch.ones(1, 2))
     with pytest.raises(ValueError, match="reduction"):
         chamfer(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), reduction="sum")
+
+
+def _direct_means(x, y, x_query_mask, y_query_mask, squared):
+    """Per batch element: mean over the masked queries of the (squared) distance to the nearest point of
+    the whole other cloud, computed directly in float64."""
+    d = ((x.double()[:, :, None] - y.double()[:, None]) ** 2).sum(-1)  # (B, N, P)
+    d_xy, d_yx = d.min(2).values, d.min(1).values
+    if not squared:
+        d_xy, d_yx = d_xy.sqrt(), d_yx.sqrt()
+    out = []
+    for dist, mask in ((d_xy, x_query_mask), (d_yx, y_query_mask)):
+        mask = torch.ones_like(dist, dtype=torch.bool) if mask is None else mask
+        out.append(torch.stack([dist[b][mask[b]].mean() if mask[b].any() else dist.new_zeros(())
+                                for b in range(len(dist))]))
+    return out
+
+
+@pytest.mark.parametrize("squared", [False, True])
+def test_knn_chamfer_query_masks_apply_at_reduction(squared):
+    """Query masks choose the averaged queries only: every point stays a candidate (the loss's
+    primitive->target term over on-surface primitive points, target->primitive over all of them)."""
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(3, 30, 3, generator=g), torch.randn(3, 21, 3, generator=g)
+    xq, yq = torch.rand(3, 30, generator=g) > 0.4, torch.rand(3, 21, generator=g) > 0.6
+    yq[2] = False  # nothing to average in one batch element: 0
+    result = knn(x, y)
+    for masks in ((None, yq), (xq, None), (xq, yq)):
+        want = _direct_means(x, y, *masks, squared)
+        got = result.chamfer(*masks, squared=squared, reduction="batch")
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-7)
+        mean = result.chamfer(*masks, squared=squared)  # over every averaged query of the batch
+        for a, b, mask, n in zip(mean, want, masks, (30, 21)):
+            counts = torch.full((3,), float(n)) if mask is None else mask.double().sum(1)
+            torch.testing.assert_close(a.double(), (b * counts).sum() / counts.sum(), rtol=1e-5, atol=1e-7)
+    # without query masks it is npkernels.chamfer
+    for reduction in ("mean", "batch"):
+        for a, b in zip(result.chamfer(squared=squared, reduction=reduction),
+                        chamfer(x, y, squared=squared, reduction=reduction)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_knn_chamfer_gradient_and_errors():
+    x = torch.randn(2, 9, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, 7, 3, dtype=torch.float64, requires_grad=True)
+    yq = torch.tensor([[True, False] * 3 + [True]] * 2)
+    assert torch.autograd.gradcheck(lambda a, b: sum(knn(a, b).chamfer(y_query_mask=yq)), (x, y))
+    result = knn(x, y)
+    with pytest.raises(ValueError, match=r"y_query_mask must be a bool tensor of shape \(2, 7\)"):
+        result.chamfer(y_query_mask=yq[:, :3])
+    with pytest.raises(ValueError, match="x_query_mask"):
+        result.chamfer(x_query_mask=torch.ones(2, 9))
+    with pytest.raises(ValueError, match="reduction"):
+        result.chamfer(reduction="sum")
+
+
+def test_safe_sqrt_is_public_with_a_finite_gradient_at_zero():
+    from npkernels import safe_sqrt
+
+    d = torch.tensor([0.0, 4.0, 0.25], requires_grad=True)
+    out = safe_sqrt(d)
+    assert out.tolist() == [0.0, 2.0, 0.5]
+    (grad,) = torch.autograd.grad(out.sum(), d)
+    assert grad.tolist() == [0.0, 0.25, 1.0]

@@ -117,3 +117,20 @@ def test_preview_of_primitives_in_distinct_colours():
     for col, c in zip((14, 32, 50), colours, strict=False):  # each sphere's centre pixel has its own hue
         rgb = img[32, col].astype(float)
         assert np.allclose(rgb / rgb.max(), c / c.max(), atol=0.05)
+
+
+def test_render_points_covers_the_mesh_silhouette_and_shades_by_normals():
+    sphere = ellipsoid([0.3] * 3, [0, 0, 0])
+    cam = render.orbit_camera(*render.FIXED_VIEW, BOX, 96)
+    mesh = render.render_meshes([(sphere.vertices, sphere.faces, None)], cam)
+    points, normals, _ = sample_surface(sphere.vertices, sphere.faces, 60_000, np.random.default_rng(0))
+    cloud = render.render_points(points, cam, normals=normals)
+    flat = render.render_points(points, cam)
+    mesh_fg, cloud_fg = (mesh != 255).any(-1), (cloud != 255).any(-1)
+    assert (binary_dilation(mesh_fg, np.ones((5, 5))) >= cloud_fg).all()  # square splats: 1 + radius pixels past it
+    assert (cloud_fg & mesh_fg).sum() > 0.97 * mesh_fg.sum()  # and dense points cover it
+    assert len(np.unique(flat[cloud_fg], axis=0)) == 1  # no normals: one flat colour
+    lit = cloud[cloud_fg].astype(float).sum(-1)
+    assert lit.max() - lit.min() > 200  # with normals: shaded from dark to light, like the mesh
+    empty = render.render_points(np.zeros((0, 3)), cam)
+    assert (empty == 255).all()

@@ -51,7 +51,8 @@ def variants():
         opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
         io = "*bf16" if cfg.operand_dtype == torch.bfloat16 else "*fp32"
         for inverse in (True, False) if name != "fp32-ieee" else (True,):  # IEEE: FMA path, ~15 s each
-            consts = dict(tiles, INVERSE=inverse, HAS_OWNER=inverse, WRITE_LOG_DET=True, STORE_STAGES=inverse)
+            consts = dict(tiles, INVERSE=inverse, HAS_OWNER=inverse, WRITE_LOG_DET=True, STORE_STAGES=inverse,
+                          ALL_S=False)
             ptrs = dict(weights, x_ptr=io, out_ptr=io, owner_ptr="*i64")
             yield (
                 f"coupling-{'inverse' if inverse else 'forward'}-{name}",
@@ -64,7 +65,8 @@ def variants():
         if name == "fp32-ieee":
             continue
         for inverse in (True, False):
-            consts = dict(tiles, INVERSE=inverse, HAS_OWNER=inverse, HAS_GLD=True, BLOCK_R=cfg.backward().block_r)
+            consts = dict(tiles, INVERSE=inverse, HAS_OWNER=inverse, HAS_GLD=True, ALL_S=False,
+                          BLOCK_R=cfg.backward().block_r)
             yield (
                 f"coupling-backward-{'inverse' if inverse else 'forward'}-{name}",
                 _coupling_backward_kernel,

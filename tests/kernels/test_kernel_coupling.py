@@ -17,6 +17,7 @@ from kernel_cases import (
     make_weights,
 )
 
+import npkernels
 from npkernels._dispatch import interpreter_enabled
 from npkernels.coupling import reference
 
@@ -100,6 +101,15 @@ def test_out_of_range_owner_gives_nan_rows():
     bad = (owner < 0) | (owner > 1)
     assert torch.isnan(y[bad]).all()
     assert_close_named("valid rows", y[~bad], y_ref[~bad], **FP32_TOL)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("bad", [-1, 2])
+def test_public_op_rejects_out_of_range_owner(backend, bad):
+    x, cond, w, affine = _case(1, 6, 2)
+    owner = torch.tensor([[0, 1, bad, 1, 1, 0]])
+    with pytest.raises(ValueError, match=r"owner must index the M=2 primitives"):
+        npkernels.coupling_inverse(x, cond, w, affine, owner=owner, backend=backend)
 
 
 def test_weight_pack_cache_follows_updates():
@@ -227,18 +237,35 @@ def test_production_widths():
         assert_close_named(f"d/d{name}", got[name], want[name], **FP32_TOL)
 
 
-def test_float64_runs_reference():
+@pytest.mark.parametrize("direction", ["inverse", "forward"])
+def test_authors_ldj_values_and_grads(direction):
+    """return_authors_ldj: the sum of all three s outputs per layer (no mask, no scale), and its gradient."""
+    x, cond, w, affine = _case(2, 19, 3)
+    if direction == "forward":
+        pts = (0.25 * torch.nn.functional.normalize(torch.randn(2, 19, 3, 3), dim=-1)).requires_grad_()
+        got = kt.coupling_forward(pts, cond, w, affine, return_authors_ldj=True)
+        want = reference.coupling_forward(pts, cond, w, affine, return_authors_ldj=True)
+    else:
+        pts = x
+        got = kt.coupling_inverse(pts, cond, w, affine, return_authors_ldj=True)
+        want = reference.coupling_inverse(pts, cond, w, affine, return_authors_ldj=True)
+    assert_close_named("ldj", got[1], want[1], **FP32_TOL)
+    named = leaves(pts, cond, w, affine)
+    upstream = [torch.randn_like(t) for t in want]
+    g_got, g_want = grads(list(got), upstream, named), grads(list(want), upstream, named)
+    assert g_want["scale"].abs().max() > 0
+    for name in g_want:
+        assert_close_named(f"d/d{name}", g_got[name], g_want[name], **FP32_TOL)
+
+
+def test_float64_has_no_kernel():
+    """The kernel functions take float32 (or 16-bit on a GPU) only; the dispatcher routes float64."""
     x, cond, w, affine = _case(1, 5, 2)
-
-    def to64(t):
-        return t.detach().double()
-
-    w64 = type(w)(*(to64(t) for t in w[:4]), tuple(type(lw)(*(to64(t) for t in lw)) for lw in w.layers))
-    aff64 = type(affine)(*(to64(t) for t in affine))
-    out = kt.coupling_inverse(to64(x), to64(cond), w64, aff64)
-    torch.testing.assert_close(
-        out, reference.coupling_inverse(to64(x), to64(cond), w64, aff64), rtol=0, atol=0
-    )
+    w64 = type(w)(*(t.detach().double() for t in w[:4]),
+                  tuple(type(lw)(*(t.detach().double() for t in lw)) for lw in w.layers))
+    aff64 = type(affine)(*(t.detach().double() for t in affine))
+    with pytest.raises(TypeError, match="float64"):
+        kt.coupling_inverse(x.detach().double(), cond.detach().double(), w64, aff64)
 
 
 def test_precision_policy(monkeypatch):

@@ -1,6 +1,7 @@
 """Meshes and point sets for the inside-mesh labeller tests, in NumPy only (the GPU machines have
-no trimesh): analytic solids, the shared real meshes from ``<repo>/../shared/data/meshes``
-(skipping when absent), and sampled query points."""
+no trimesh): analytic solids, the shared real meshes from ``<repo>/../shared/data/meshes`` (or
+``<repo>/shared/data/meshes``, where a device run carries them; skipping when absent), and sampled
+query points."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-MESH_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "meshes"
+_REPO = Path(__file__).resolve().parents[2]
+MESH_DIR = next((d for d in (_REPO.parent / "shared" / "data" / "meshes", _REPO / "shared" / "data" / "meshes")
+                 if d.is_dir()), _REPO.parent / "shared" / "data" / "meshes")
 
 
 def subdivide(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -91,3 +94,58 @@ def near_surface_points(vertices: np.ndarray, faces: np.ndarray, n: int, seed: i
 
 def as_torch(*arrays):
     return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
+
+
+def needle(n: int = 4000):
+    """An open thin tube 1e4 long and 1e-2 wide with about n faces: the longest grid shapes."""
+    k = n // 2
+    t = np.linspace(0, 2 * np.pi, 8, endpoint=False)
+    rings = [np.stack([np.full(8, x), 1e-2 * np.cos(t), 1e-2 * np.sin(t)], 1) for x in np.linspace(0, 1e4, k // 8 + 1)]
+    v = np.concatenate(rings)
+    f = []
+    for r in range(len(rings) - 1):
+        for j in range(8):
+            a, b, c, d = 8 * r + j, 8 * r + (j + 1) % 8, 8 * (r + 1) + j, 8 * (r + 1) + (j + 1) % 8
+            f += [[a, b, d], [a, d, c]]
+    return v, np.asarray(f, dtype=np.int64)
+
+
+def flat_sheet(n: int = 20):
+    """An axis-aligned open square sheet z = 0.5 on an n x n grid (zero extent along z)."""
+    g = np.linspace(0, 1, n + 1)
+    x, y = np.meshgrid(g, g, indexing="ij")
+    v = np.stack([x.ravel(), y.ravel(), np.full(x.size, 0.5)], 1)
+    i = np.arange(n)[:, None] * (n + 1) + np.arange(n)[None, :]
+    f = np.concatenate([np.stack([i, i + n + 1, i + n + 2], -1).reshape(-1, 3),
+                        np.stack([i, i + n + 2, i + 1], -1).reshape(-1, 3)])
+    return v, f.astype(np.int64)
+
+
+def degenerate_mix():
+    """A box with repeated-index, collinear and duplicated faces added (listed or not per axis)."""
+    v, f = unit_box(2)
+    extra = np.array([[0, 0, 1], [3, 3, 3], [0, 1, 1]], dtype=np.int64)
+    line = np.array([[2.0, 2.0, 2.0], [3.0, 3.0, 3.0], [4.0, 4.0, 4.0]])  # collinear
+    return np.concatenate([v, line]), np.concatenate([f, extra, len(v) + np.array([[0, 1, 2]]), f[:5]])
+
+
+def holey_sphere(fraction: float = 0.1, seed: int = 0):
+    """Icosphere (5,120 faces) with a random fraction of its faces removed: many small holes."""
+    v, f = icosphere(4)
+    keep = np.random.default_rng(seed).random(len(f)) >= fraction
+    return v, f[keep]
+
+
+def triangle_soup(n: int = 600, seed: int = 1):
+    """n small random triangles, unconnected: every edge is a boundary edge."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(-1, 1, size=(n, 1, 3))
+    v = (centres + 0.08 * rng.normal(size=(n, 3, 3))).reshape(-1, 3)
+    return v, np.arange(3 * n, dtype=np.int64).reshape(n, 3)
+
+
+def doubled_open_hemisphere():
+    """An open hemisphere listed twice (boundary multiplicity 2) plus one flipped face."""
+    v, f = icosphere(3)
+    f = f[v[f].mean(1)[:, 2] < 0.1]
+    return v, np.concatenate([f, f, f[:1, ::-1]])

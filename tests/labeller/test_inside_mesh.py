@@ -4,7 +4,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from labeller_helpers import as_torch, box_points, icosphere, load_mesh, near_surface_points, unit_box
+from labeller_helpers import (
+    MESH_DIR,
+    as_torch,
+    box_points,
+    degenerate_mix,
+    holey_sphere,
+    icosphere,
+    load_mesh,
+    near_surface_points,
+    triangle_soup,
+    unit_box,
+)
 
 from npkernels.inside_mesh import inside_mesh, inside_mesh_batch
 from npkernels.inside_mesh import reference as ref
@@ -244,28 +255,90 @@ def test_invalid_inputs():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 def test_cuda_matches_cpu(ext):
+    """One batch through the device build: closed meshes (identical labels and w), a single
+    triangle, degenerate faces, and open meshes with many boundary edges (labels with and without
+    return_winding, w to 1e-9); float32 and float64 points; parity mode."""
     if not ext.has_cuda():
         pytest.skip("extension built without CUDA")
     v1, f1 = icosphere(3)
     v2, f2 = unit_box(3)
-    v3, f3 = icosphere(2, center=(0.3, 0, 0))
-    f3 = f3[5:]  # open mesh
+    v3, f3 = degenerate_mix()
+    v4, f4 = np.array([[0.0, 0, 0], [1, 0.2, 0.3], [0.1, 1, 0.7]]), np.array([[0, 1, 2]])
+    v5, f5 = icosphere(2, center=(0.3, 0, 0))
+    f5 = f5[5:]  # open mesh
+    v6, f6 = holey_sphere()
+    v7, f7 = triangle_soup()
     rng = np.random.default_rng(10)
     g = np.arange(-4, 21) / 16.0
     grid = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
-    meshes = [(v1, f1), (v2, f2), (v3, f3)]
-    pts = [rng.uniform(-1.3, 1.3, size=(20000, 3)), grid, rng.uniform(-1.3, 1.3, size=(5000, 3))]
+    meshes = [(v1, f1), (v2, f2), (v3, f3), (v4, f4), (v5, f5), (v6, f6), (v7, f7)]
+    n_closed = 2
+    pts = [rng.uniform(-1.3, 1.3, size=(20000, 3)), grid, grid, rng.uniform(-0.2, 1.2, size=(3000, 3))]
+    pts += [rng.uniform(-1.3, 1.3, size=(n, 3)) for n in (5000, 20000, 20000)]
     for dtype in (torch.float32, torch.float64):
         cpu = inside_mesh_batch([torch.from_numpy(m[0]) for m in meshes], [torch.from_numpy(m[1]) for m in meshes],
                                 [torch.from_numpy(p).to(dtype) for p in pts], return_winding=True)
         gpu = inside_mesh_batch([torch.from_numpy(m[0]).cuda() for m in meshes],
                                 [torch.from_numpy(m[1]).cuda() for m in meshes],
                                 [torch.from_numpy(p).to(dtype).cuda() for p in pts], return_winding=True)
-        for i, ((ic, wc), (ig, wg)) in enumerate(zip(cpu, gpu)):
-            assert ig.device.type == "cuda"
-            if i < 2:  # closed: identical labels and winding numbers
+        labels = inside_mesh_batch([torch.from_numpy(m[0]).cuda() for m in meshes],
+                                   [torch.from_numpy(m[1]).cuda() for m in meshes],
+                                   [torch.from_numpy(p).to(dtype).cuda() for p in pts])
+        for i, ((ic, wc), (ig, wg), il) in enumerate(zip(cpu, gpu, labels)):
+            assert ig.device.type == "cuda" and torch.equal(il, ig)
+            if i < n_closed:  # closed: identical labels and winding numbers
                 assert torch.equal(ic, ig.cpu()) and torch.equal(wc, wg.cpu())
             else:
                 clear = (wc.abs() - 0.5).abs() > 1e-9
                 assert torch.equal(ic[clear], ig.cpu()[clear])
                 assert (wc - wg.cpu()).abs().max() < 1e-9
+    parity_cpu = inside_mesh_batch([m[0] for m in meshes], [m[1] for m in meshes], pts, mode="parity")
+    parity_gpu = inside_mesh_batch([torch.from_numpy(m[0]).cuda() for m in meshes],
+                                   [torch.from_numpy(m[1]).cuda() for m in meshes],
+                                   [torch.from_numpy(p).cuda() for p in pts], mode="parity")
+    for pc, pg in zip(parity_cpu, parity_gpu):
+        np.testing.assert_array_equal(pc, pg.cpu().numpy())
+
+
+@pytest.mark.cuda
+@pytest.mark.needs_shared
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+def test_cuda_matches_cpu_on_shared_meshes(ext):
+    """Every shared mesh, 1M points each (uniform in the padded box, plus points near the surface):
+    the CUDA labeller's labels equal the CPU labeller's, and so do the winding numbers (to 1e-9 where
+    an open mesh makes them fractional)."""
+    if not ext.has_cuda():
+        pytest.skip("extension built without CUDA")
+    names = sorted(p.name for p in MESH_DIR.glob("*.obj"))
+    if not names:
+        pytest.skip(f"shared test meshes not found at {MESH_DIR}")
+    meshes = [load_mesh(name) for name in names]
+    points = [np.concatenate([box_points(v, 900_000, seed=i), near_surface_points(v, f, 100_000, seed=i)])
+              for i, (v, f) in enumerate(meshes)]
+    cpu = inside_mesh_batch([m[0] for m in meshes], [m[1] for m in meshes], points, return_winding=True)
+    gpu = inside_mesh_batch([torch.from_numpy(m[0]).cuda() for m in meshes],
+                            [torch.from_numpy(m[1]).cuda() for m in meshes],
+                            [torch.from_numpy(p).cuda() for p in points], return_winding=True)
+    for name, (ic, wc), (ig, wg) in zip(names, cpu, gpu):
+        assert ig.device.type == "cuda"
+        labels = ig.cpu().numpy()
+        assert np.array_equal(labels, ic), f"{name}: {int((labels != ic).sum())} labels differ"
+        assert np.abs(wg.cpu().numpy() - wc).max() <= 1e-9, name
+
+
+def test_env_backend_reference_forces_the_reference_labeller(monkeypatch):
+    """NPKERNELS_BACKEND=reference applies to the labeller too (one dispatch vocabulary)."""
+    import importlib
+
+    labeller = importlib.import_module("npkernels.inside_mesh")  # the module (the package attribute is the op)
+
+    calls = []
+    real = labeller.winding_reference
+    monkeypatch.setattr(labeller, "winding_reference", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(labeller, "get_ext", lambda: pytest.fail("the extension was used"))
+    monkeypatch.setenv("NPKERNELS_BACKEND", "reference")
+    v, f = unit_box(1)
+    got = inside_mesh(v, f, np.array([[0.5, 0.5, 0.5], [2.0, 0.5, 0.5]]))
+    assert got.tolist() == [True, False] and calls == [1]
+    with pytest.raises(ValueError, match="backend for inside_mesh must be one of"):
+        inside_mesh(v, f, np.zeros((1, 3)), backend="triton")
