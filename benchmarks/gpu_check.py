@@ -40,6 +40,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the checkout's packages, installed or not (--dry-run installs nothing)
 BASELINES = ("authors-compile", "reference-compile", "pytorch3d")  # providers that are not ours
 TRAIN = "benchmarks/bench_train_step.py::test_train_step"
 IMPLICIT = "benchmarks/bench_implicit.py::test_implicit_union"

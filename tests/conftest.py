@@ -12,3 +12,15 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_globals():
+    """Commands run in-process (train, fit) set torch's matmul precision and thread count for their run;
+    every test starts from the suite's settings again."""
+    precision, threads = torch.get_float32_matmul_precision(), torch.get_num_threads()
+    yield
+    torch.set_float32_matmul_precision(precision)
+    torch.set_num_threads(threads)

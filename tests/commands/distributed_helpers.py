@@ -91,7 +91,7 @@ def worker(rank: int, init_file: str, dataset: str, out: str) -> None:
     train = NeuralPartsDataset(Path(dataset) / "train.h5", **common)
     indices = list(range(len(val)))
     results["validate"] = engine.validate(make_model(), val, indices, torch.device("cpu"), batch_size=1, ranks=ranks)
-    results["floor"] = engine.constant_shape_floor(train, val, indices, torch.device("cpu"), ranks=ranks)
+    results["floor"] = engine.constant_shape_floor(engine.fit_constant_shape(train), val, indices, torch.device("cpu"), ranks=ranks)
     if rank == 0:
         torch.save(results, out)
     dist.destroy_process_group()

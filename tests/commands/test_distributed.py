@@ -99,7 +99,7 @@ def test_sharded_validation_and_floor_are_those_of_one_process(two_ranks, datase
     assert len(indices) == 3  # batches of one shape: rank 0 validates shapes 0 and 2, rank 1 shape 1
     assert two_ranks["validate"]["iou_per_shape"] == single["iou_per_shape"]
     assert two_ranks["validate"]["iou"] == pytest.approx(single["iou"], abs=1e-6)
-    assert two_ranks["floor"] == engine.constant_shape_floor(train, val, indices, torch.device("cpu"))
+    assert two_ranks["floor"] == engine.constant_shape_floor(engine.fit_constant_shape(train), val, indices, torch.device("cpu"))
 
 
 def test_the_data_stream_shards_epochs_and_resumes_on_another_world_size(tmp_path):

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import torch
 from command_helpers import MESHES, embedded_data, run_cli
 
-from neural_parts import load
+from neural_parts import fit, load
 
 
 @pytest.mark.needs_shared
@@ -23,6 +25,8 @@ def test_fit_sphere_reports_metrics_and_exports(tmp_path, env):
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["iou"] <= 1 and metrics["chamfer_l1"] > 0 and metrics["steps"] == 3
     assert "IoU" in proc.stdout and "Chamfer-L1" in proc.stdout
+    assert "treating +Y of the mesh as up (--up y)" in proc.stderr and "pass --up" not in proc.stderr  # a sphere
+    assert "primitives start on 2 k-means parts of the mesh" in proc.stderr  # fit.yaml: network.init=parts
     assert {p.name for p in out.iterdir()} >= {"part_000.obj", "part_001.obj", "parts.ply", "preview.png", "fit.pt",
                                                "view.html"}
     viewer = embedded_data((out / "view.html").read_text())
@@ -53,3 +57,32 @@ def test_fit_refuses_nan_vertices_and_unwritable_output_before_training(tmp_path
     proc = run_cli("fit", good, "--steps", 100000, "--output", blocker, env=env, timeout=60)
     assert proc.returncode == 2 and "exists and is not a folder" in proc.stderr
     assert "faces, inside fraction" not in proc.stderr  # refused before sampling, let alone training
+
+
+def test_up_note_hints_at_the_other_axis_only_for_meshes_deeper_than_tall():
+    standing_z_up = np.array([[-0.2, -0.1, -0.5], [0.2, 0.1, 0.5]])  # read as Y-up: 5x deeper than tall
+    assert "pass --up z" in fit.up_note(standing_z_up, "y")
+    assert "pass --up" not in fit.up_note(standing_z_up[:, [0, 2, 1]], "y")
+    assert fit.up_note(standing_z_up, "z").startswith("fit: treating +Z of the mesh as up (--up z)")
+
+
+def test_training_points_fill_the_tight_box_and_the_iou_points_the_cube(tmp_path):
+    from neural_parts.data.process import UNIT_BOX
+    from neural_parts.data.storage import MemoryRecords
+    from neural_parts.geometry import icosphere
+
+    v, f = icosphere(2000, 1.0, device="cpu", dtype=torch.float64)
+    path = tmp_path / "ellipsoid.obj"
+    v = v.numpy() * [1.0, 0.25, 0.25]  # a cigar: longest side along x
+    path.write_text("".join(f"v {a} {b} {c}\n" for a, b, c in v) + "".join(f"f {a+1} {b+1} {c+1}\n" for a, b, c in f.numpy()))
+    record = fit.mesh_record(str(path), 20_000, 2_000, "y", np.random.default_rng(0))
+    lo, hi = np.asarray(record["box"])
+    np.testing.assert_allclose(lo, record["vertices"].min(0) - fit.MARGIN)
+    np.testing.assert_allclose(hi, record["vertices"].max(0) + fit.MARGIN)
+    stored = MemoryRecords([record], record["box"]).read(0)
+    assert (stored["volume_points"] >= lo - 1e-6).all() and (stored["volume_points"] <= hi + 1e-6).all()
+    assert (np.abs(record["cube_points"]) <= UNIT_BOX[1][0] + 1e-6).all()
+    tight, cube = record["volume_labels"].mean(), record["cube_labels"].mean()
+    assert tight > 4 * cube > 0  # the same solid fills more of the tight box
+    volume = 4 / 3 * np.pi * 0.5 * 0.125 * 0.125
+    assert cube == pytest.approx(volume / 1.1 ** 3, rel=0.1)  # the cube's labels are the solid's volume fraction
