@@ -4,7 +4,7 @@ lr 1e-3), so that a regression in IoU or seconds shows in one run.
 
 Each arm records IoU, Chamfer-L1 and the fit's training seconds in ``extra_info``. Sizes: "smoke" (the
 shared sphere, 3 steps, tiny point counts: the CI check that both arms run) and "human-400" (a 27k-face Anny
-human, 400 steps, the default's point counts; CPU machines with timing on, about 3 + 8 minutes).
+human, 400 steps, the default's point counts; CPU machines with timing on, about 1.5 + 6 minutes).
 Needs ``../shared/data/meshes`` (skips with the reason when it is absent).
 """
 from __future__ import annotations
@@ -20,7 +20,8 @@ from neural_parts import fit
 MESHES = Path(__file__).resolve().parents[2] / "shared" / "data" / "meshes"
 PREVIOUS = ["network.init=random", "invertible_network.hidden_size=256", "projection_layer.proj_dims=128",
             "data.n_points_in_mesh=4096", "data.n_points_on_mesh=1024", "loss.n_points_on_sphere=200",
-            "training.lr=1e-3"]  # configs/fit.yaml before 2026-12-02 (it ran 1500 steps)
+            "training.lr=1e-3", "training.lr_schedule=constant", "training.warmup_steps=0"]
+# ^ configs/fit.yaml before 2026-12-02 (it ran 1500 steps)
 TINY = ["data.n_points_in_mesh=256", "data.n_points_on_mesh=128", "invertible_network.hidden_size=32",
         "projection_layer.proj_dims=16", "loss.n_points_on_sphere=32"]
 SIZES = [
