@@ -10,13 +10,13 @@ Every provider's output is checked against the reference before it is timed.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import pytest
 import torch
 
 from npkernels._dispatch import interpreter_enabled, triton_status
+from npkernels._selfcheck import matmul_precision  # noqa: F401  (benchmarks run as training does: "high")
 from npkernels.coupling import Affine, CouplingWeights, LayerWeights
 from npkernels.coupling.affine import quaternion_to_matrix
 
@@ -49,17 +49,6 @@ def size(name: str, gpu: bool = False, cpu_timing: bool = False, **dims):
     if cpu_timing:
         marks.append(pytest.mark.cpu_timing)
     return pytest.param(dict(name=name, **dims), id=name, marks=marks)
-
-
-@contextlib.contextmanager
-def matmul_precision(value: str = "high"):
-    """Benchmarks run as training does (runtime.tf32: true -> "high"); restored afterwards."""
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(value)
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(previous)
 
 
 def make_problem(B: int, N: int, M: int, C: int, H: int, HP: int, P: int, L: int = 4, seed: int = 0):

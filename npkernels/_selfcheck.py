@@ -205,6 +205,17 @@ _RUNNERS = {"coupling": _run_coupling, "implicit": _run_implicit, "knn": _run_kn
 
 
 @contextlib.contextmanager
+def matmul_precision(value: str):
+    """Run the block under ``torch.set_float32_matmul_precision(value)``; the previous value is restored."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(value)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+@contextlib.contextmanager
 def _isolated(device: torch.device):
     """Grad on, no inference mode and no autocast, whatever the caller set."""
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
@@ -270,15 +281,11 @@ def require(family: str, device: torch.device, dtype: torch.dtype) -> None:
 def run_all(devices: list[torch.device]) -> list[CheckResult]:
     """Every family on every device, in float32 under "highest" and "high" precision and in bfloat16
     (CUDA only: the interpreter has no 16-bit dots); the previous precision is restored."""
-    previous = torch.get_float32_matmul_precision()
     rows = []
-    try:
-        for device in devices:
-            runs = [("highest", torch.float32), ("high", torch.float32)]
-            runs += [("highest", torch.bfloat16)] if torch.device(device).type == "cuda" else []
-            for precision, dtype in runs:
-                torch.set_float32_matmul_precision(precision)
+    for device in devices:
+        runs = [("highest", torch.float32), ("high", torch.float32)]
+        runs += [("highest", torch.bfloat16)] if torch.device(device).type == "cuda" else []
+        for precision, dtype in runs:
+            with matmul_precision(precision):
                 rows += [check(family, device, dtype) for family in FAMILIES]
-    finally:
-        torch.set_float32_matmul_precision(previous)
     return rows

@@ -14,15 +14,13 @@ is tested on CPU too; everything else is marked ``cuda``.
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 from kernel_cases import NARROW, PRODUCTION, make_inputs, make_weights
 
 import npkernels
 from npkernels._dispatch import interpreter_enabled
-from npkernels._selfcheck import KNN_TOLERANCE, compare
+from npkernels._selfcheck import KNN_TOLERANCE, compare, matmul_precision
 from npkernels.knn import reference as knn_reference
 
 pytestmark = pytest.mark.triton
@@ -58,16 +56,6 @@ SIZES = _sizes("B1-N1-M1-odd", "B2-N37-M3", "B2-N0-M2")
 SMALL_ON_CPU = _sizes("B1-N1-M1-odd", "B2-N0-M2")
 
 
-@contextlib.contextmanager
-def _precision(value: str):
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(value)
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(previous)
-
-
 def _on(tree, dtype):
     """The nested tuple of tensors on DEVICE in ``dtype``, detached, requiring grad where it did."""
     if isinstance(tree, torch.Tensor):
@@ -92,7 +80,7 @@ def _with_grads(outs: list[torch.Tensor], leaves: list[torch.Tensor]) -> list[to
 
 def _assert_matches(run, case, precision: str, dtype: torch.dtype) -> None:
     """Run ``run(backend, case)`` as the kernel, as the same-precision reference and in float64; compare."""
-    with _precision(precision):
+    with matmul_precision(precision):
         rounded = _on(case, dtype)
         got = run("triton", rounded)
         same = run("reference", _on(rounded, dtype))
