@@ -124,6 +124,20 @@ def test_read_record(benchmark, record, tmp_path, checksum, monkeypatch):
     assert np.array_equal(out["volume_labels"], record["volume_labels"])
 
 
+@pytest.mark.parametrize("fields", ["all", "item"])
+def test_read_training_item(benchmark, record, tmp_path, fields):
+    """One ``NeuralPartsDataset`` read of view 0: every field, or only those a training item is made from
+    (``dataset.ITEM_FIELDS``: no cameras, part ids or metadata arrays read or decoded)."""
+    from neural_parts.data.dataset import ITEM_FIELDS
+
+    path = tmp_path / "bench.h5"
+    storage.write_records(path, [record] * 4, {"box": BOX})
+    records = storage.H5Records(path)
+    benchmark.group = "read-training-item"
+    out = benchmark(records.read, 1, [0], None if fields == "all" else ITEM_FIELDS)
+    assert np.array_equal(out["volume_labels"], record["volume_labels"])
+
+
 def main() -> None:
     import tempfile
 

@@ -1,10 +1,11 @@
-"""A short ``python -m neural_parts.fit`` of one development human: the current defaults (configs/fit.yaml)
-side by side with the previous ones (paper coupling width, primitives starting as spheres at the origin,
-lr 1e-3), so that a regression in IoU or seconds shows in one run.
+"""The default ``python -m neural_parts.fit`` of one development human: the current defaults (configs/fit.yaml)
+side by side with the previous ones (paper coupling width, primitives starting as spheres at the origin, the
+euclidean volume implicit, the coverage term's eps floor, lr 1e-3) over the same number of steps, so that a regression in IoU or seconds
+shows in one run.
 
 Each arm records IoU, Chamfer-L1 and the fit's training seconds in ``extra_info``. Sizes: "smoke" (the
-shared sphere, 3 steps, tiny point counts: the CI check that both arms run) and "human-400" (a 27k-face Anny
-human, 400 steps, the default's point counts; CPU machines with timing on, about 1.5 + 6 minutes).
+shared sphere, 3 steps, tiny point counts: the CI check that both arms run) and "human" (a 27k-face Anny
+human, the default's steps and point counts; CPU machines with timing on, about 2 + 9 minutes).
 Needs ``../shared/data/meshes`` (skips with the reason when it is absent).
 """
 from __future__ import annotations
@@ -16,17 +17,19 @@ import pytest
 from np_bench import size
 
 from neural_parts import fit
+from neural_parts.config import load_config
 
 MESHES = Path(__file__).resolve().parents[2] / "shared" / "data" / "meshes"
 PREVIOUS = ["network.init=random", "invertible_network.hidden_size=256", "projection_layer.proj_dims=128",
             "data.n_points_in_mesh=4096", "data.n_points_on_mesh=1024", "loss.n_points_on_sphere=200",
-            "training.lr=1e-3", "training.lr_schedule=constant", "training.warmup_steps=0"]
+            "loss.volume_implicit=euclidean", "loss.coverage_eps=1e-6", "training.lr=1e-3",
+            "training.lr_schedule=constant", "training.warmup_steps=0"]
 # ^ configs/fit.yaml before 2026-12-02 (it ran 1500 steps)
 TINY = ["data.n_points_in_mesh=256", "data.n_points_on_mesh=128", "invertible_network.hidden_size=32",
         "projection_layer.proj_dims=16", "loss.n_points_on_sphere=32"]
 SIZES = [
     size("smoke", mesh="sphere.obj", steps=3, n_points=5000, sets=TINY),
-    size("human-400", cpu_timing=True, mesh="human_anny_s1_standing01.obj", steps=400, n_points=100_000, sets=[]),
+    size("human", cpu_timing=True, mesh="human_anny_s1_standing01.obj", steps=None, n_points=100_000, sets=[]),
 ]
 
 
@@ -37,13 +40,14 @@ def test_fit(benchmark, tmp_path, d, arm):
     if not mesh.is_file():
         pytest.skip(f"{mesh} is absent (the shared mesh folder is not mounted)")
     sets = (PREVIOUS if arm == "previous" else []) + d["sets"]
-    args = [str(mesh), "--primitives", "5", "--steps", str(d["steps"]), "--output", str(tmp_path / "fit"), "-q",
+    steps = d["steps"] or load_config("fit").training.max_steps
+    args = [str(mesh), "--primitives", "5", "--steps", str(steps), "--output", str(tmp_path / "fit"), "-q",
             "--up", "z" if "anny" in d["mesh"] else "y", "--n-volume", str(d["n_points"]),
             "--n-surface", str(d["n_points"]), *[a for s in sets for a in ("--set", s)]]
     benchmark.group = f"fit-{d['name']}"
     code = benchmark.pedantic(fit.main, args=(args,), rounds=1, iterations=1)
     assert code == 0
     result = json.loads((tmp_path / "fit" / "metrics.json").read_text())
-    assert 0 <= result["iou"] <= 1 and result["steps"] == d["steps"]
+    assert 0 <= result["iou"] <= 1 and result["steps"] == steps
     benchmark.extra_info.update(arm=arm, mesh=d["mesh"], **{k: result[k] for k in (
         "iou", "chamfer_l1", "normal_consistency", "fscore", "train_seconds")})

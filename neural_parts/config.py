@@ -111,7 +111,7 @@ class LossConfig(Section):
     sharpness: float = setting(250.0, positive=True)
     min_n_points: int = setting(10, minimum=0)
     max_shared_points: float = setting(1.95, minimum=0)
-    coverage_eps: float = setting(1e-6, positive=True)
+    coverage_eps: float = setting(1e-6, minimum=0)  # 0: the exact -log(sigmoid), no floor (losses.coverage_loss)
     n_points_on_sphere: int = setting(200, positive=True)
     volume_implicit: str = setting("euclidean", choices=("euclidean", "inn"))
     test_own_primitive: bool = True  # the authors' training behaviour
@@ -199,6 +199,9 @@ class Config:
                                                            self.loss.volume_implicit != "euclidean"):
             raise ConfigError("invertible_network.type=atlasnet has no inverse map: it needs loss.weights.normal=0 "
                               "and loss.volume_implicit=euclidean")
+        if self.invertible_network.type == "atlasnet" and self.network.init == "parts":
+            raise ConfigError("network.init=parts sets the coupling network's affine heads; "
+                              "invertible_network.type=atlasnet has none: use network.init=random")
 
     def to_dict(self) -> dict:
         return asdict(self)

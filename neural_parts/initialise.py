@@ -3,8 +3,10 @@
 k-means splits the points inside a shape into M parts, each summarised by an ellipsoid (centre, principal
 axes, semi-axes); ``initialise_primitives`` sets the last layer of the translation, rotation and scale heads
 so that at step 0 primitive m is that ellipsoid: translation = centre, rotation = axes, sigma = r / semi-axes
-(the sphere of radius r maps to it, up to the couplings' small initial deformation). ``fit`` uses the fitted
-mesh's own parts; ``train`` (``network.init: parts``) the parts of the training set's constant shape.
+(the sphere of radius r maps to it), and the couplings start as the identity (their random initial
+deformation otherwise moves the start's IoU by up to 0.3: 0.18 to 0.49 on a fitted human over seeds).
+``fit`` uses the fitted mesh's own parts; ``train`` (``network.init: parts``) the parts of the training set's
+constant shape.
 """
 from __future__ import annotations
 
@@ -63,4 +65,5 @@ def initialise_primitives(model, inputs: torch.Tensor, points: np.ndarray, rng: 
         model.train(was_training)
     B = cond.shape[0]
     target = lambda a: torch.as_tensor(a, dtype=cond.dtype, device=cond.device).expand(B, *a.shape)  # noqa: E731
+    model.invertible_network.make_couplings_identity()
     model.invertible_network.initialise_affine(cond, target(centres), target(axes), target(model.radius / radii))

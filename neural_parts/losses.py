@@ -53,6 +53,9 @@ def coverage_loss(phi_volume: Tensor, labels: Tensor, k: int = 10, sharpness: fl
     and average -log(sigmoid(-sharpness * psi) + eps). Points outside the target never enter
     (explicit mask instead of the authors' +1e6 offset); with fewer than k inside points the
     available ones are used; a batch element without inside points contributes nothing.
+    ``eps`` > 0 is the authors' floor: a term stops at -log(eps) (13.8 for 1e-6), so a primitive whose
+    nearest inside points are more than log(1/eps) / sharpness away gets no pull back. ``eps`` = 0 is the
+    exact -log(sigmoid) (softplus), whose pull never vanishes.
 
     Args:
         phi_volume: (B, N, M). labels: (B, N) in {0, 1}.
@@ -64,7 +67,8 @@ def coverage_loss(phi_volume: Tensor, labels: Tensor, k: int = 10, sharpness: fl
     psi = phi_volume.masked_fill(~inside[..., None], float("inf"))
     values, _ = torch.topk(psi, k, dim=1, largest=False)
     valid = torch.isfinite(values)
-    terms = -torch.log(torch.sigmoid(-sharpness * torch.where(valid, values, torch.zeros_like(values))) + eps)
+    logits = -sharpness * torch.where(valid, values, torch.zeros_like(values))
+    terms = -F.logsigmoid(logits) if eps == 0 else -torch.log(torch.sigmoid(logits) + eps)
     return (terms * valid).sum() / valid.sum().clamp_min(1)
 
 

@@ -11,6 +11,10 @@ from .images import normalise_image
 from .sampling import draw_equal
 from .storage import H5Records
 
+# what a training item is made from (a source may return more)
+ITEM_FIELDS = ("volume_points", "volume_labels", "surface_points", "surface_normals", "images", "name", "source")
+
+
 class NeuralPartsDataset(torch.utils.data.Dataset):
     """Training samples drawn from a record file (``<split>.h5``) or a reader from ``readers``.
 
@@ -69,7 +73,7 @@ class NeuralPartsDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng(None if self.seed is None else [self.seed, self.epoch, int(i)])
         n_views = getattr(self.records, "n_views", None)  # record files: read only the chosen view
         view = int(rng.integers(n_views)) if self.random_view and n_views else 0
-        rec = self.records.read(int(self.indices[i]), views=[view] if n_views else None)
+        rec = self.records.read(int(self.indices[i]), views=[view] if n_views else None, fields=ITEM_FIELDS)
         images = rec["images"]  # (V, H, W, 3); V = 0 for records without views
         k = int(rng.integers(len(images))) if self.random_view and n_views is None and len(images) else 0
         image = images[k:k + 1]

@@ -2,7 +2,8 @@
 the Neural Parts authors' D-FAUST folders.
 
 ``ONetShapeNet`` and ``AuthorsDFaust`` can be passed to ``NeuralPartsDataset`` directly (no conversion);
-their ``read(i)`` returns the same keys as ``storage.H5Records.read``.
+their ``read(i, views, fields)`` returns the same keys as ``storage.H5Records.read`` (every field: they load
+whole files anyway, so ``fields``, which lets record files skip arrays, only bounds what the caller uses).
 """
 
 from __future__ import annotations
@@ -211,7 +212,7 @@ class ONetShapeNet:
     def __len__(self) -> int:
         return len(self.models)
 
-    def read(self, i: int, views=None) -> dict:
+    def read(self, i: int, views=None, fields=None) -> dict:
         synset, model = self.models[i]
         d = self.root / synset / model
         pts, cloud = np.load(d / "points.npz"), np.load(d / "pointcloud.npz")
@@ -272,7 +273,7 @@ class AuthorsDFaust:
     def __len__(self) -> int:
         return len(self.items)
 
-    def read(self, i: int, views=None) -> dict:
+    def read(self, i: int, views=None, fields=None) -> dict:
         from .sampling import sample_surface
 
         seq, frame = self.items[i]

@@ -179,31 +179,53 @@ def _set_attrs(f: h5py.File, attrs: dict) -> None:
     f.attrs["attrs_sha256"] = attrs_digest({k: f.attrs[k] for k in f.attrs})
 
 
-def decode(raw: dict, box: np.ndarray) -> dict:
-    """The stored arrays of one record (``encode``'s keys) -> the decoded record ``H5Records.read`` returns."""
-    n_vol = raw["volume/points"].shape[0]
-    normals = raw["surface/normals"].astype(np.float32)
-    normals /= np.sqrt(np.maximum(np.einsum("ij,ij->i", normals, normals), 1e-12))[:, None]
-    text = {k: (raw[k].decode() if isinstance(raw[k], bytes) else str(raw[k]))
-            for k in ("meta/name", "meta/source", "meta/category", "meta/flags")}
-    return {
-        "volume_points": dequantise(raw["volume/points"], box),
-        "volume_labels": np.unpackbits(raw["volume/labels"], count=n_vol).astype(bool),
-        "surface_points": raw["surface/points"].astype(np.float32),
-        "surface_normals": normals,
-        "surface_part_ids": raw["surface/part_ids"],
-        "images": raw["images"],
-        "camera_K": raw["cameras/K"],
-        "camera_Rt": raw["cameras/Rt"],
-        "name": text["meta/name"],
-        "source": text["meta/source"],
-        "category": text["meta/category"],
-        "flags": [s for s in text["meta/flags"].split(",") if s],
-        "loc": raw["meta/loc"],
-        "scale": float(raw["meta/scale"]),
-        "watertight": bool(raw["meta/watertight"]),
-        "inside_fraction": float(raw["meta/inside_fraction"]),
-    }
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _unit_normals(stored: np.ndarray) -> np.ndarray:
+    normals = stored.astype(np.float32)
+    return normals / np.sqrt(np.maximum(np.einsum("ij,ij->i", normals, normals), 1e-12))[:, None]
+
+
+_FIELDS = {  # decoded field -> (the stored arrays it is made from, how)
+    "volume_points": (("volume/points",), lambda raw, box: dequantise(raw["volume/points"], box)),
+    "volume_labels": (("volume/labels", "volume/points"), lambda raw, box: np.unpackbits(
+        raw["volume/labels"], count=raw["volume/points"].shape[0]).astype(bool)),
+    "surface_points": (("surface/points",), lambda raw, box: raw["surface/points"].astype(np.float32)),
+    "surface_normals": (("surface/normals",), lambda raw, box: _unit_normals(raw["surface/normals"])),
+    "surface_part_ids": (("surface/part_ids",), lambda raw, box: raw["surface/part_ids"]),
+    "images": (("images",), lambda raw, box: raw["images"]),
+    "camera_K": (("cameras/K",), lambda raw, box: raw["cameras/K"]),
+    "camera_Rt": (("cameras/Rt",), lambda raw, box: raw["cameras/Rt"]),
+    "name": (("meta/name",), lambda raw, box: _text(raw["meta/name"])),
+    "source": (("meta/source",), lambda raw, box: _text(raw["meta/source"])),
+    "category": (("meta/category",), lambda raw, box: _text(raw["meta/category"])),
+    "flags": (("meta/flags",), lambda raw, box: [s for s in _text(raw["meta/flags"]).split(",") if s]),
+    "loc": (("meta/loc",), lambda raw, box: raw["meta/loc"]),
+    "scale": (("meta/scale",), lambda raw, box: float(raw["meta/scale"])),
+    "watertight": (("meta/watertight",), lambda raw, box: bool(raw["meta/watertight"])),
+    "inside_fraction": (("meta/inside_fraction",), lambda raw, box: float(raw["meta/inside_fraction"])),
+}
+FIELDS = tuple(_FIELDS)  # what ``H5Records.read`` returns
+
+
+def _stored_keys(fields) -> list[str]:
+    """The stored arrays (``_BULK + _META`` order) that decoding ``fields`` (None: all) reads."""
+    if fields is None:
+        return list(_BULK + _META)
+    unknown = set(fields) - set(_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown record fields {sorted(unknown)}; expected some of {list(FIELDS)}")
+    keys = {k for field in fields for k in _FIELDS[field][0]}
+    return [k for k in _BULK + _META if k in keys]
+
+
+def decode(raw: dict, box: np.ndarray, fields=None) -> dict:
+    """The stored arrays of one record (``encode``'s keys; at least those ``fields`` need) -> the decoded
+    record ``H5Records.read`` returns, limited to ``fields`` (None: all of ``FIELDS``)."""
+    _stored_keys(fields)  # checks the names
+    return {field: _FIELDS[field][1](raw, box) for field in (FIELDS if fields is None else fields)}
 
 
 class MemoryRecords:
@@ -218,11 +240,11 @@ class MemoryRecords:
     def __len__(self) -> int:
         return len(self._raw)
 
-    def read(self, i: int, views=None) -> dict:
+    def read(self, i: int, views=None, fields=None) -> dict:
         raw = self._raw[i]
         if views is not None:
             raw = {**raw, "images": raw["images"][list(views)]}
-        return decode(raw, self.box)
+        return decode(raw, self.box, fields)
 
 
 class H5Records:
@@ -319,16 +341,18 @@ class H5Records:
             self._file.close()
         self._file = None
 
-    def read(self, i: int, views=None) -> dict:
-        """Decode record ``i``; ``views`` (list of int) limits the images read (default: all)."""
+    def read(self, i: int, views=None, fields=None) -> dict:
+        """Decode record ``i``; ``views`` (list of int) limits the images read (default: all), ``fields``
+        (names from ``FIELDS``) the fields decoded and the arrays read (default: all)."""
         if not -len(self) <= i < len(self):
             raise IndexError(f"{self.path}: record {i} out of range (file has {len(self)} records)")
         i = i % len(self)
+        keys = _stored_keys(fields)
         f = self._handle()
         key = None
         try:
             raw = {}
-            for key in _BULK + _META:
+            for key in keys:
                 if key == "images" and views is not None:
                     raw[key] = (np.stack([f[key][i, v] for v in views]) if len(views)
                                 else np.zeros((0,) + f[key].shape[2:], dtype=np.uint8))
@@ -339,7 +363,7 @@ class H5Records:
                 f"{self.path}: record {i} is unreadable (dataset {key}: {e}); the file is "
                 "corrupt — delete it and re-run `python -m neural_parts.prepare`"
             ) from e
-        return decode(raw, self.box)
+        return decode(raw, self.box, fields)
 
     def categories(self) -> np.ndarray:
         """Category of every record, (R,) str."""

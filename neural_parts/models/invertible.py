@@ -95,6 +95,17 @@ class ConditionalNVP(nn.Module):
         return affine_from_heads(cond, self.scales, self.rotations, self.translations)
 
     @torch.no_grad()
+    def make_couplings_identity(self) -> None:
+        """Zero the last Linear of every s and t MLP: each coupling is then the identity (s = t = 0) for
+        any condition, so the primitives are exactly their affine heads' ellipsoids until training moves
+        them (the usual zero start of the last flow layer; the earlier layers keep their random weights)."""
+        for layer in self.layers:
+            for mlp in (layer.map_s, layer.map_t):
+                last = [m for m in mlp if isinstance(m, nn.Linear)][-1]
+                last.weight.zero_()
+                last.bias.zero_()
+
+    @torch.no_grad()
     def initialise_affine(self, cond: Tensor, translation: Tensor, rotation: Tensor, sigma: Tensor) -> None:
         """Set the last layer of each affine head so that, at these conditions, the heads give the targets.
 

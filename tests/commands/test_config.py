@@ -112,3 +112,10 @@ def test_a_stored_config_round_trips():
     cfg = load_config("shapenet_5", ["feature_extractor.weights=none"])
     assert from_dict(cfg.to_dict()) == cfg
     assert "test_own_primitive: true" in dump(cfg)
+
+
+def test_atlasnet_refuses_settings_it_cannot_honour():
+    with pytest.raises(ConfigError, match="network.init=random"):
+        load_config("ablation_atlasnet", ["network.init=parts"])
+    with pytest.raises(ConfigError, match="loss.volume_implicit=euclidean"):
+        load_config("ablation_atlasnet", ["loss.volume_implicit=inn"])

@@ -49,6 +49,22 @@ def test_coverage_loss_hand_computed_and_edges():
     assert empty.item() == 0.0
 
 
+def test_coverage_loss_without_floor_keeps_pulling_a_primitive_that_left_the_shape():
+    """A primitive 0.2 away from every inside point: the authors' eps floor gives it no gradient (the term sits
+    at -log(eps)); eps = 0 is the exact softplus, 250 * 0.2 = 50, with gradient -sharpness per point."""
+    phi = torch.full((1, 3, 1), 0.2, requires_grad=True)
+    labels = torch.ones(1, 3)
+    floored = losses.coverage_loss(phi, labels, k=3)
+    assert floored.item() == pytest.approx(-math.log(1e-6), rel=1e-4)
+    assert torch.autograd.grad(floored, phi)[0].abs().max() < 1e-6
+    exact = losses.coverage_loss(phi, labels, k=3, eps=0)
+    assert exact.item() == pytest.approx(50.0, rel=1e-5)
+    torch.testing.assert_close(torch.autograd.grad(exact, phi)[0], torch.full((1, 3, 1), 250.0 / 3))
+    near = torch.tensor([[[-0.004], [0.01]]])  # where the floor does not bite, the two agree
+    assert losses.coverage_loss(near, torch.ones(1, 2), k=2, eps=0).item() == pytest.approx(
+        losses.coverage_loss(near, torch.ones(1, 2), k=2).item(), abs=1e-4)
+
+
 def test_overlap_loss_hand_computed():
     phi = torch.tensor([[[-1.0, -1.0, -1.0], [-1.0, 1.0, 1.0]]])
     # point 0 is inside 3 primitives: sum of sigmoids ~3 -> 3 - 1.95; point 1 inside one: 0

@@ -75,6 +75,20 @@ def test_round_trip_and_assembly(tmp_path):
         r.read(5)
 
 
+def test_reading_some_fields_decodes_them_as_a_full_read_does(tmp_path):
+    rng = np.random.default_rng(1)
+    recs = [_record(i, rng) for i in range(2)]
+    storage.write_records(tmp_path / "train.h5", recs, {"box": BOX})
+    fields = ("volume_points", "volume_labels", "surface_normals", "name")
+    for source in (storage.H5Records(tmp_path / "train.h5"), storage.MemoryRecords(recs, BOX)):
+        full, part = source.read(1), source.read(1, views=[0], fields=fields)
+        assert set(part) == set(fields) and set(full) == set(storage.FIELDS)
+        for key in fields:
+            np.testing.assert_array_equal(part[key], full[key])
+        with pytest.raises(ValueError, match=r"unknown record fields \['colour'\]"):
+            source.read(0, fields=["colour"])
+
+
 def test_truncated_file_names_the_file(tmp_path):
     path = tmp_path / "train.h5"
     storage.write_records(path, [_record(0, np.random.default_rng(1))], {"box": BOX})
