@@ -5,7 +5,7 @@ shows in one run.
 
 Each arm records IoU, Chamfer-L1 and the fit's training seconds in ``extra_info``. Sizes: "smoke" (the
 shared sphere, 3 steps, tiny point counts: the CI check that both arms run) and "human" (a 27k-face Anny
-human, the default's steps and point counts; CPU machines with timing on, about 2 + 9 minutes).
+human, the default's steps and point counts; CPU machines with timing on, about 2.5 + 9.5 minutes).
 Needs ``../shared/data/meshes`` (skips with the reason when it is absent).
 """
 from __future__ import annotations
