@@ -75,8 +75,10 @@ def set_rng_state(state: dict) -> None:
 def save_checkpoint(path: str | Path, *, model: nn.Module, config, step: int,
                     optimizer: torch.optim.Optimizer | None = None, metrics: dict | None = None,
                     extra: dict | None = None) -> None:
-    """Write a training checkpoint atomically. ``config``: a ``config.Config``; ``metrics``: plain numbers;
-    ``extra``: more top-level entries (train: "data_position", "world_size", "rng_ranks")."""
+    """Write a training checkpoint atomically. ``model``: the weights every command loads (train: the moving
+    average when ``training.ema_decay`` > 0); ``config``: a ``config.Config``; ``metrics``: plain numbers;
+    ``extra``: more top-level entries (train: "data_position", "world_size", "rng_ranks", and
+    "optimised_model", the optimiser's own weights, when "model" is their average)."""
     atomic_save({
         "format": FORMAT, "version": VERSION, "step": int(step), "config": config.to_dict(),
         "model": model.state_dict(), "optimizer": None if optimizer is None else optimizer.state_dict(),

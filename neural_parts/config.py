@@ -153,6 +153,13 @@ class TrainingConfig(Section):
     checkpoint_every: int = setting(500, positive=True)  # updates between last.pt / step_<n>.pt
     keep_checkpoints: int = setting(3, minimum=0)  # step_<n>.pt files kept (0 = all)
     log_every: int = setting(10, positive=True)
+    ema_decay: float = setting(0.0, minimum=0)  # > 0: validate and save a moving average of the weights
+    # (engine.WeightAverage); 0.99 averages over ~100 updates
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.ema_decay >= 1:
+            raise ConfigError(f"config key 'training.ema_decay' must be below 1 (0 = off), got {self.ema_decay}")
 
 
 @dataclass

@@ -15,9 +15,9 @@ gradients summed and clipped once at the end; with aggregate 1 and one rank that
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
+import copy
 import math
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -124,6 +124,38 @@ class Trainer:
         """Clip the gradients to ``clip`` (when > 0); returns their norm before clipping."""
         return (torch.nn.utils.clip_grad_norm_(self.params, self.clip) if self.clip > 0
                 else gradient_norm(self.params))
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights (``training.ema_decay``): what validation, previews
+    and a checkpoint's "model" hold when the average is on; the optimiser keeps updating the model itself.
+
+    ``update(model, step)`` after update ``step`` (1-based) moves every floating-point parameter and buffer
+    (BatchNorm running statistics included) as avg <- avg + (1 - d) (w - avg) with
+    d = min(decay, (1 + step) / (10 + step)): the short ramp keeps the first weights from dominating the
+    average. Integer buffers are copied. The average is a pure function of the weights seen and the steps,
+    so a resumed run that restores it continues exactly.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0 < decay < 1:
+            raise ValueError(f"WeightAverage: decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        self.model.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        weight = 1 - min(self.decay, (1 + step) / (10 + step))
+        for average, current in zip(self._tensors(self.model), self._tensors(model)):
+            if average.dtype.is_floating_point:
+                average.lerp_(current, weight)
+            else:
+                average.copy_(current)
+
+    @staticmethod
+    def _tensors(model: nn.Module) -> list[Tensor]:
+        return [*model.parameters(), *model.buffers()]
 
 
 def infinite_batches(dataset, batch_size: int, seed: int, start: tuple[int, int] = (0, 0), num_workers: int = 0,

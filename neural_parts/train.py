@@ -294,7 +294,7 @@ def _train(args, cfg: Config, run_dir: Path, resume: dict | None, ranks: distrib
     optimizer = engine.make_optimizer(cfg, model.parameters())
     step, best_iou, elapsed0, position = 0, -1.0, 0.0, (0, 0)
     if resume is not None:
-        load_model_state(model, resume["model"], source=resume["path"])
+        load_model_state(model, resume.get("optimised_model", resume["model"]), source=resume["path"])
         optimizer.load_state_dict(resume["optimizer"])
         saved_rng = distributed.restore_rng(resume, ranks, rt.seed)
         step = resume["step"]
@@ -338,6 +338,17 @@ def _train(args, cfg: Config, run_dir: Path, resume: dict | None, ranks: distrib
 
     trainer = engine.Trainer(model, optimizer, cfg.loss, train_cfg.clip_grad_norm, train_cfg.max_nonfinite_steps,
                              ranks=ranks)
+    # after the Trainer, whose DDP wrapper gives every rank rank 0's weights
+    average = engine.WeightAverage(model, train_cfg.ema_decay) if train_cfg.ema_decay else None
+    if average is not None and resume is not None:
+        if "optimised_model" in resume:
+            load_model_state(average.model, resume["model"], source=resume["path"])
+        else:
+            log.info("%s holds no weight average: it starts from the resumed weights", resume["path"])
+    shown = model if average is None else average.model  # what validation, previews and "model" use
+    if average is not None:
+        log.info("validation, previews and checkpoints use the moving average of the weights "
+                 "(training.ema_decay=%g)", train_cfg.ema_decay)
     batches = engine.infinite_batches(train_set, train_cfg.batch_size, rt.seed, start=position,
                                       num_workers=data_cfg.num_workers, device=device, rank=ranks.rank,
                                       world_size=ranks.world_size)
@@ -351,16 +362,17 @@ def _train(args, cfg: Config, run_dir: Path, resume: dict | None, ranks: distrib
         """Rank 0 writes ``name``; ``every_rank`` (a point all ranks reach) also stores each rank's RNG state."""
         rng_ranks = distributed.gather_rng_states(ranks) if every_rank and ranks.distributed else None
         if ranks.main:
-            save_checkpoint(run_dir / name, model=model, config=cfg, step=step, optimizer=optimizer,
+            optimised = {} if average is None else {"optimised_model": model.state_dict()}
+            save_checkpoint(run_dir / name, model=shown, config=cfg, step=step, optimizer=optimizer,
                             metrics={"best_iou": best_iou, "elapsed_s": elapsed()},
                             extra={"data_position": list(position), "world_size": ranks.world_size,
-                                   **({"rng_ranks": rng_ranks} if rng_ranks else {})})
+                                   **optimised, **({"rng_ranks": rng_ranks} if rng_ranks else {})})
 
     def validation() -> None:
         nonlocal best_iou
         t0 = time.perf_counter()
-        ranks.broadcast_buffers(model)  # rank 0's BatchNorm statistics, which its checkpoints hold
-        result = engine.validate(model, val_set, val_indices, device, ranks=ranks)
+        ranks.broadcast_buffers(shown)  # rank 0's BatchNorm statistics, which its checkpoints hold
+        result = engine.validate(shown, val_set, val_indices, device, ranks=ranks)
         improved = result["iou"] > best_iou
         if improved:
             best_iou = result["iou"]
@@ -370,7 +382,7 @@ def _train(args, cfg: Config, run_dir: Path, resume: dict | None, ranks: distrib
         if improved:
             checkpoint("best.pt")
         if val_cfg.preview_shapes > 0:
-            image = record_preview(model, val_set, val_indices[:val_cfg.preview_shapes], device)
+            image = record_preview(shown, val_set, val_indices[:val_cfg.preview_shapes], device)
             (run_dir / "previews").mkdir(exist_ok=True)
             save_png(image, run_dir / "previews" / f"step_{step:07d}.png")
             save_png(image, run_dir / "preview.png")
@@ -395,6 +407,8 @@ def _train(args, cfg: Config, run_dir: Path, resume: dict | None, ranks: distrib
             engine.set_learning_rate(optimizer, lr)
             values = {**trainer.step([next(batches) for _ in range(train_cfg.aggregate)]), "lr": lr}
             step += 1
+            if average is not None:
+                average.update(model, step)
             position = batches.position
             bar.update(1)
             if values["skipped"]:

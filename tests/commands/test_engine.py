@@ -104,3 +104,37 @@ def test_learning_rate_schedules():
     assert lrs[0] == 1e-3 and abs(lrs[50] - 0.55e-3) < 1e-12 and abs(lrs[100] - 1e-4) < 1e-12
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # monotone decay
     assert engine.learning_rate(TrainingConfig(lr=1e-3, lr_schedule="cosine"), 10**6) == 1e-3  # no horizon
+
+
+def test_weight_average_follows_its_recursion_with_the_start_up_ramp():
+    """avg_t = avg_{t-1} + (1 - d_t) (w_t - avg_{t-1}), d_t = min(decay, (1 + t) / (10 + t)), for parameters
+    and BatchNorm statistics alike; the integer step counter is copied, not averaged."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    average = engine.WeightAverage(model, decay=0.5)
+    expected = {k: v.clone().double() for k, v in model.state_dict().items()}
+    assert not any(p.requires_grad for p in average.model.parameters())
+    for step in range(1, 8):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model.train()(torch.randn(5, 3))  # moves the running statistics and the counter
+        average.update(model, step)
+        keep = min(0.5, (1 + step) / (10 + step))
+        for name, value in model.state_dict().items():
+            if value.dtype.is_floating_point:
+                expected[name] = keep * expected[name] + (1 - keep) * value.double()
+            else:
+                expected[name] = value.clone()
+    for name, value in average.model.state_dict().items():
+        assert torch.allclose(value.double(), expected[name].double(), atol=1e-6), name
+    assert average.model.state_dict()["1.num_batches_tracked"] == 7
+
+
+def test_weight_average_decay_must_be_below_one():
+    from neural_parts.config import ConfigError
+
+    with pytest.raises(ConfigError, match="training.ema_decay"):
+        load_config("humans", ["training.ema_decay=1"])
+    with pytest.raises(ValueError, match="decay"):
+        engine.WeightAverage(torch.nn.Linear(1, 1), decay=0.0)

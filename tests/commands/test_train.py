@@ -82,6 +82,29 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, trained_run, datase
         assert torch.equal(value, resumed[name]), name
 
 
+def test_a_resumed_run_with_a_weight_average_equals_an_uninterrupted_one(tmp_path, dataset, env):
+    """training.ema_decay: checkpoints hold the average as "model" (what validation and every command use)
+    and the optimiser's weights as "optimised_model"; stopping after 2 updates and resuming to 4 gives both
+    exactly."""
+    args = ["-q", *sets(*TINY, f"data.dataset={dataset}", "training.checkpoint_every=2", "validation.every_steps=2",
+                        "training.ema_decay=0.9")]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    for out, stops in ((straight, [4]), (split, [2, 4])):
+        first = run_cli("train", "--output", out, "--max-steps", stops[0], *args, env=env)
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert "moving average of the weights" in first.stdout
+        for stop in stops[1:]:
+            more = run_cli("train", "--resume", out, "--max-steps", stop, "-q", env=env)
+            assert more.returncode == 0, more.stderr[-3000:]
+    a, b = (torch.load(out / "last.pt", weights_only=True) for out in (straight, split))
+    for key in ("model", "optimised_model"):
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), (key, name)
+    differs = [name for name, value in a["model"].items()
+               if value.dtype.is_floating_point and not torch.equal(value, a["optimised_model"][name])]
+    assert differs, "the average equals the optimised weights"
+
+
 def test_best_iou_survives_a_kill_between_best_and_last(tmp_path):
     """best.pt may be newer than last.pt (validation improved, then the run died): a resumed run keeps
     best.pt's IoU and so never overwrites it with a worse model."""
