@@ -169,6 +169,7 @@ def run(args) -> int:
               file=sys.stderr)
     trainer = engine.Trainer(model, engine.make_optimizer(cfg, model.parameters()), cfg.loss,
                              cfg.training.clip_grad_norm, cfg.training.max_nonfinite_steps)
+    average = engine.WeightAverage(model, cfg.training.ema_decay) if cfg.training.ema_decay else None
     batches = engine.infinite_batches(dataset, 1, args.seed, device=device)
     from tqdm import tqdm
     bar = tqdm(range(steps), unit="step", disable=args.quiet, mininterval=2)
@@ -176,11 +177,14 @@ def run(args) -> int:
     for step in bar:
         engine.set_learning_rate(trainer.optimizer, engine.learning_rate(cfg.training, step))
         values = trainer.step([next(batches) for _ in range(cfg.training.aggregate)])
+        if average is not None:
+            average.update(model, step + 1)
         bar.set_postfix(loss=f"{values['total']:.4f}", iou=f"{values.get('iou', float('nan')):.3f}")
     train_s = time.perf_counter() - t1
+    fitted = model if average is None else average.model  # measured, exported and saved
     result = {"mesh": str(args.mesh), "primitives": cfg.network.n_primitives, "steps": steps,
-              "train_seconds": round(train_s, 1), **measure(model, target, device, args.seed)}
-    prims = model.predict(torch.zeros(1, dtype=torch.long, device=device))
+              "train_seconds": round(train_s, 1), **measure(fitted, target, device, args.seed)}
+    prims = fitted.predict(torch.zeros(1, dtype=torch.long, device=device))
     written = export_parts(prims, out)
     from .data.render import render_meshes
 
@@ -194,7 +198,8 @@ def run(args) -> int:
                result["normal_consistency"], "F@0.01": result["fscore"], "steps": steps}
     written.append(write_viewer(out / "view.html", primitive_meshes(prims), title=f"fit: {Path(args.mesh).name}",
                                 target={"vertices": record["vertices"], "faces": record["faces"]}, metrics=metrics))
-    save_checkpoint(out / "fit.pt", model=model, config=cfg, step=steps, metrics=result)
+    save_checkpoint(out / "fit.pt", model=fitted, config=cfg, step=steps, metrics=result,
+                    extra=None if average is None else {"optimised_model": model.state_dict()})
     written.append(out / "fit.pt")
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(result, indent=2))

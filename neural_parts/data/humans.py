@@ -4,8 +4,9 @@ Each subject is a fixed adult body shape drawn from ``(seed, subject)``; each pe
 ``human_motions.MOTIONS`` (D-FAUST's exercises plus Anny's walk cycle) as consecutive frames at
 ``FRAME_RATE``. A frame is named ``s03_jumping_jacks_0007`` (``FrameSpec.name``) and is a pure function of
 ``(seed, subject, motion, frame)``: bit-identical across processes, batch compositions and generator
-instances (the phenotype part of Anny's forward pass runs at batch size 1 per subject, the pose part is
-computed per body; tests/data/test_humans.py checks it).
+instances at one torch thread count (the phenotype part of Anny's forward pass runs at batch size 1 per
+subject, the pose part is computed per body; tests/data/test_humans.py checks it). The dataset builder poses
+with 1 thread: on some CPUs another count changes the last bits of torch's float64 reductions (~1e-14 m).
 
 Output meshes: the outer body surface only, Anny's largest connected component (the eyes and the
 teeth/tongue piece are separate components and are dropped; the mouth cavity is a pocket of the body
@@ -32,6 +33,7 @@ so load the model once (``load_model()``) in the parent before starting workers.
 from __future__ import annotations
 
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -201,8 +203,6 @@ class HumanGenerator:
 
     def vertices(self, specs) -> np.ndarray:
         """(len(specs), V, 3) float64 vertices (metres, Y up, grounded) of the body surface for FrameSpecs."""
-        import torch
-
         specs = list(specs)
         for s in specs:
             if s.seed != self.seed:
@@ -212,24 +212,34 @@ class HumanGenerator:
                 raise ValueError(f"invalid FrameSpec {s}: motions are {MOTIONS}, subject and frame >= 0")
         keep = _body_topology()[0]
         out = np.empty((len(specs), len(keep), 3))
-        previous = torch.get_num_threads()
-        if self.threads is not None:
-            torch.set_num_threads(self.threads)
         rows_of = {}
         for i, s in enumerate(specs):
             rows_of.setdefault(s.subject, []).append(i)
-        try:
+        with self._torch_threads():
             for subject, rows in rows_of.items():
                 for start in range(0, len(rows), CHUNK):
                     chunk = rows[start:start + CHUNK]
                     out[chunk] = self._pose(subject, [specs[i] for i in chunk], keep)
+        return out
+
+    @contextmanager
+    def _torch_threads(self):
+        """torch at ``self.threads`` threads inside (the previous count restored); everything computed from
+        Anny runs in it, so a subject's cached body does not depend on which call built it."""
+        import torch
+
+        previous = torch.get_num_threads()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        try:
+            yield
         finally:
             torch.set_num_threads(previous)
-        return out
 
     def _subject(self, subject: int):
         if subject not in self._subjects:
-            self._subjects[subject] = _build_subject(self.model, draw_phenotype(self.seed, subject))
+            with self._torch_threads():
+                self._subjects[subject] = _build_subject(self.model, draw_phenotype(self.seed, subject))
         return self._subjects[subject]
 
     def _pose(self, subject: int, specs, keep) -> np.ndarray:

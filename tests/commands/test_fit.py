@@ -6,22 +6,31 @@ import json
 import numpy as np
 import pytest
 import torch
-from command_helpers import MESHES, embedded_data, run_cli
+from command_helpers import MESHES, embedded_data, run_cli, sets
 
 from neural_parts import fit, load
 
 
-@pytest.mark.needs_shared
-def test_fit_sphere_reports_metrics_and_exports(tmp_path, env):
+SMALL_FIT = ["--n-volume", 5000, "--n-surface", 2000, "-q", *sets(
+    "data.n_points_in_mesh=512", "data.n_points_on_mesh=256", "invertible_network.hidden_size=32",
+    "projection_layer.proj_dims=16", "loss.n_points_on_sphere=32")]
+
+
+def _fit_sphere(out, env, primitives: int, steps: int, *extra):
+    """``fit`` on the shared unit sphere at a small size (skips when ../shared is absent)."""
     mesh = MESHES / "sphere.obj"
     if not mesh.is_file():
         pytest.skip(f"{mesh} is absent (the shared mesh folder is not mounted)")
-    out = tmp_path / "fit"
-    proc = run_cli("fit", mesh, "--primitives", 2, "--steps", 3, "--output", out, "--n-volume", 5000,
-                   "--n-surface", 2000, "-q", "--set", "data.n_points_in_mesh=512", "--set", "data.n_points_on_mesh=256",
-                   "--set", "invertible_network.hidden_size=32", "--set", "projection_layer.proj_dims=16",
-                   "--set", "loss.n_points_on_sphere=32", env=env)
+    proc = run_cli("fit", mesh, "--primitives", primitives, "--steps", steps, "--output", out, *SMALL_FIT, *extra,
+                   env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return mesh, proc
+
+
+@pytest.mark.needs_shared
+def test_fit_sphere_reports_metrics_and_exports(tmp_path, env):
+    out = tmp_path / "fit"
+    _, proc = _fit_sphere(out, env, 2, 3)
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["iou"] <= 1 and metrics["chamfer_l1"] > 0 and metrics["steps"] == 3
     assert "IoU" in proc.stdout and "Chamfer-L1" in proc.stdout
@@ -34,6 +43,24 @@ def test_fit_sphere_reports_metrics_and_exports(tmp_path, env):
     assert ["IoU", f"{metrics['iou']:.4g}"] in viewer["metrics"]
     model = load(out / "fit.pt")
     assert model.n_primitives == 2 and model.step == 3
+
+
+@pytest.mark.needs_shared
+def test_fit_with_a_weight_average_measures_and_saves_the_average(tmp_path, env):
+    """training.ema_decay: metrics, parts and fit.pt's "model" are the average; fit.pt keeps the optimised
+    weights as "optimised_model"."""
+    out = tmp_path / "fit"
+    mesh, _ = _fit_sphere(out, env, 1, 4, *sets("training.ema_decay=0.5"))
+    saved = torch.load(out / "fit.pt", weights_only=True)
+    assert saved["config"]["training"]["ema_decay"] == 0.5
+    differs = [k for k, v in saved["model"].items()
+               if v.dtype.is_floating_point and not torch.equal(v, saved["optimised_model"][k])]
+    assert differs
+    model = load(out / "fit.pt")  # the average
+    record = fit.mesh_record(str(mesh), 5000, 2000, "y", np.random.default_rng(0))  # fit's own draws (seed 0)
+    record = {k: v.astype(np.float32) if getattr(v, "dtype", None) == np.float64 else v for k, v in record.items()}
+    measured = fit.measure(model, record, torch.device("cpu"), 0)
+    assert measured["iou"] == pytest.approx(json.loads((out / "metrics.json").read_text())["iou"], abs=1e-6)
 
 
 def test_fit_errors(tmp_path, env):
