@@ -338,17 +338,16 @@ def _train(args, cfg: Config, run_dir: Path, resume: dict | None, ranks: distrib
 
     trainer = engine.Trainer(model, optimizer, cfg.loss, train_cfg.clip_grad_norm, train_cfg.max_nonfinite_steps,
                              ranks=ranks)
-    # after the Trainer, whose DDP wrapper gives every rank rank 0's weights
-    average = engine.WeightAverage(model, train_cfg.ema_decay) if train_cfg.ema_decay else None
-    if average is not None and resume is not None:
-        if "optimised_model" in resume:
+    average = None
+    if train_cfg.ema_decay:  # after the Trainer, whose DDP wrapper gives every rank rank 0's weights
+        average = engine.WeightAverage(model, train_cfg.ema_decay)
+        if resume is not None and "optimised_model" in resume:
             load_model_state(average.model, resume["model"], source=resume["path"])
-        else:
+        elif resume is not None:
             log.info("%s holds no weight average: it starts from the resumed weights", resume["path"])
-    shown = model if average is None else average.model  # what validation, previews and "model" use
-    if average is not None:
         log.info("validation, previews and checkpoints use the moving average of the weights "
                  "(training.ema_decay=%g)", train_cfg.ema_decay)
+    shown = model if average is None else average.model  # what validation, previews and "model" use
     batches = engine.infinite_batches(train_set, train_cfg.batch_size, rt.seed, start=position,
                                       num_workers=data_cfg.num_workers, device=device, rank=ranks.rank,
                                       world_size=ranks.world_size)
