@@ -1,11 +1,10 @@
 """The default ``python -m neural_parts.fit`` of one development human: the current defaults (configs/fit.yaml)
-side by side with the previous ones (paper coupling width, primitives starting as spheres at the origin, the
-euclidean volume implicit, the coverage term's eps floor, lr 1e-3) over the same number of steps, so that a regression in IoU or seconds
-shows in one run.
+side by side with the previous ones (k-means parts, the projection at PyTorch's default initial scale) over
+the same number of steps, so that a regression in IoU or seconds shows in one run.
 
 Each arm records IoU, Chamfer-L1 and the fit's training seconds in ``extra_info``. Sizes: "smoke" (the
 shared sphere, 3 steps, tiny point counts: the CI check that both arms run) and "human" (a 27k-face Anny
-human, the default's steps and point counts; CPU machines with timing on, about 2.5 + 9.5 minutes).
+human, the default's steps and point counts; CPU machines with timing on, about 2 x 2.5 minutes).
 Needs ``../shared/data/meshes`` (skips with the reason when it is absent).
 """
 from __future__ import annotations
@@ -20,11 +19,9 @@ from neural_parts import fit
 from neural_parts.config import load_config
 
 MESHES = Path(__file__).resolve().parents[2] / "shared" / "data" / "meshes"
-PREVIOUS = ["network.init=random", "invertible_network.hidden_size=256", "projection_layer.proj_dims=128",
-            "data.n_points_in_mesh=4096", "data.n_points_on_mesh=1024", "loss.n_points_on_sphere=200",
-            "loss.volume_implicit=euclidean", "loss.coverage_eps=1e-6", "training.lr=1e-3",
-            "training.lr_schedule=constant", "training.warmup_steps=0"]
-# ^ configs/fit.yaml before 2026-12-02 (it ran 1500 steps)
+PREVIOUS = ["network.part_split=kmeans", "projection_layer.init_gain=1"]
+# ^ configs/fit.yaml of 2026-12-02's second pass; the original defaults (paper widths, spheres at the origin,
+# euclidean volume terms, lr 1e-3) and their numbers are in benchmarks/RESULTS.md ("fit")
 TINY = ["data.n_points_in_mesh=256", "data.n_points_on_mesh=128", "invertible_network.hidden_size=32",
         "projection_layer.proj_dims=16", "loss.n_points_on_sphere=32"]
 SIZES = [

@@ -72,6 +72,7 @@ class NetworkConfig(Section):
     n_primitives: int = setting(6, positive=True)
     sphere_radius: float = setting(0.25, positive=True)
     init: str = setting("random", choices=("random", "parts"))  # parts: start on the constant shape's parts
+    part_split: str = setting("kmeans", choices=("kmeans", "spectral"))  # how init=parts splits the shape
 
 
 @dataclass
@@ -98,6 +99,7 @@ class InvertibleNetworkConfig(Section):
 class ProjectionLayerConfig(Section):
     section = "projection_layer"
     proj_dims: int = setting(128, positive=True)
+    init_gain: float = setting(1.0, positive=True)  # x the first Linear's default initial weights (fit: 4)
 
 
 @dataclass

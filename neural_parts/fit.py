@@ -110,14 +110,14 @@ def up_note(vertices: np.ndarray, up: str) -> str:
     return note
 
 
-def initialise_on_parts(model, record: dict, rng: np.random.Generator) -> None:
-    """Start each primitive on one part of the mesh: k-means of the labelled points inside it (its surface
-    samples when too few are inside); see ``initialise``."""
+def initialise_on_parts(model, record: dict, rng: np.random.Generator, split: str) -> None:
+    """Start each primitive on one part (``split``: "kmeans" or "spectral") of the labelled points inside the
+    mesh (its surface samples when too few are inside); see ``initialise``."""
     inside = record["volume_points"][record["volume_labels"]]
     solid = len(inside) >= 50 * model.n_primitives
     device = model.primitive_embedding.device
     initialise_primitives(model, torch.zeros(1, dtype=torch.long, device=device),
-                          inside if solid else record["surface_points"], rng, solid=solid)
+                          inside if solid else record["surface_points"], rng, solid=solid, split=split)
 
 
 @torch.no_grad()
@@ -164,9 +164,9 @@ def run(args) -> int:
           f"{steps} steps on {device}", file=sys.stderr)
     model = NeuralParts.from_config(cfg, n_shapes=1).to(device)
     if cfg.network.init == "parts":
-        initialise_on_parts(model, target, np.random.default_rng(args.seed))
-        print(f"fit: primitives start on {cfg.network.n_primitives} k-means parts of the mesh (network.init=parts)",
-              file=sys.stderr)
+        initialise_on_parts(model, target, np.random.default_rng(args.seed), cfg.network.part_split)
+        print(f"fit: primitives start on {cfg.network.n_primitives} {cfg.network.part_split} parts of the mesh "
+              "(network.init=parts)", file=sys.stderr)
     trainer = engine.Trainer(model, engine.make_optimizer(cfg, model.parameters()), cfg.loss,
                              cfg.training.clip_grad_norm, cfg.training.max_nonfinite_steps)
     average = engine.WeightAverage(model, cfg.training.ema_decay) if cfg.training.ema_decay else None

@@ -88,14 +88,15 @@ def load_encoder_weights(model: NeuralParts, cfg: Config) -> None:
         raise ConfigError(f"feature_extractor.weights {weights}: {e}") from None
 
 
-def start_on_parts(model: NeuralParts, train_set, constant, device: torch.device, seed: int,
+def start_on_parts(model: NeuralParts, train_set, constant, device: torch.device, seed: int, split: str,
                    n_images: int = 32) -> None:
-    """``network.init: parts``: primitives start on the k-means parts of the training set's constant shape,
-    fitted over the first ``n_images`` training images' conditions (``initialise.initialise_primitives``)."""
+    """``network.init: parts``: primitives start on the parts (``network.part_split``) of the training set's
+    constant shape, fitted over the first ``n_images`` training images' conditions
+    (``initialise.initialise_primitives``)."""
     from .initialise import initialise_primitives
 
     images = torch.stack([train_set[i]["image"] for i in range(min(n_images, len(train_set)))]).to(device)
-    initialise_primitives(model, images, constant.inside_cells(), np.random.default_rng(seed))
+    initialise_primitives(model, images, constant.inside_cells(), np.random.default_rng(seed), split=split)
 
 
 def data_folder(cfg: Config, progress: bool = True, build: bool = True) -> Path:
@@ -332,9 +333,9 @@ def _train(args, cfg: Config, run_dir: Path, resume: dict | None, ranks: distrib
     log.info("constant-shape floor: validation IoU %.4f (the best single shape of the training set; %.1f s)", floor,
              time.perf_counter() - t0)
     if resume is None and cfg.network.init == "parts":
-        start_on_parts(model, train_set, constant, device, rt.seed)
-        log.info("primitives start on the %d k-means parts of the constant shape (network.init=parts)",
-                 cfg.network.n_primitives)
+        start_on_parts(model, train_set, constant, device, rt.seed, cfg.network.part_split)
+        log.info("primitives start on the %d %s parts of the constant shape (network.init=parts)",
+                 cfg.network.n_primitives, cfg.network.part_split)
 
     trainer = engine.Trainer(model, optimizer, cfg.loss, train_cfg.clip_grad_norm, train_cfg.max_nonfinite_steps,
                              ranks=ranks)

@@ -31,6 +31,7 @@ class NeuralParts(nn.Module):
     Args:
         n_primitives: M. feature_size: F (the condition is [image feature, embedding_m], 2F).
         hidden_size, proj_dims, n_layers: the coupling stack (256, 128, 4 in the paper).
+        proj_init_gain: scale of the projection's first-layer initial weights (1: PyTorch's default).
         radius: sphere radius r. encoder: "resnet18" or "latent" (needs ``n_shapes``).
         freeze_bn: BatchNorm uses running statistics only (the authors' setting for pretrained trunks).
         width: channels of the ResNet-18's first stage (64 = torchvision's; smaller is cheaper).
@@ -42,7 +43,8 @@ class NeuralParts(nn.Module):
     def __init__(self, n_primitives: int = 5, feature_size: int = 256, hidden_size: int = 256,
                  proj_dims: int = 128, n_layers: int = 4, radius: float = 0.25, encoder: str = "resnet18",
                  freeze_bn: bool = True, normalize: bool = True, explicit_affine: bool = True,
-                 n_shapes: int | None = None, network: str = "simple_nvp", width: int = 64):
+                 n_shapes: int | None = None, network: str = "simple_nvp", width: int = 64,
+                 proj_init_gain: float = 1.0):
         super().__init__()
         if n_primitives < 1:
             raise ValueError(f"n_primitives must be >= 1, got {n_primitives}")
@@ -60,7 +62,7 @@ class NeuralParts(nn.Module):
         self.primitive_embedding = nn.Parameter(torch.randn(n_primitives, feature_size))
         if network == "simple_nvp":
             self.invertible_network = ConditionalNVP(2 * feature_size, hidden_size, proj_dims, n_layers,
-                                                     normalize, explicit_affine)
+                                                     normalize, explicit_affine, proj_init_gain)
         elif network == "atlasnet":
             self.invertible_network = AtlasNetSphere(2 * feature_size, radius)
         else:
@@ -74,7 +76,7 @@ class NeuralParts(nn.Module):
                     hidden_size=inn.hidden_size, proj_dims=cfg.projection_layer.proj_dims, n_layers=inn.n_blocks,
                     radius=cfg.network.sphere_radius, encoder=fe.type, freeze_bn=fe.freeze_bn, width=fe.width,
                     normalize=inn.normalize, explicit_affine=inn.explicit_affine, n_shapes=n_shapes,
-                    network=inn.type)
+                    network=inn.type, proj_init_gain=cfg.projection_layer.init_gain)
         model.kernel_backend = cfg.runtime.kernel_backend
         model.amp_encoder = cfg.runtime.amp_encoder
         return model

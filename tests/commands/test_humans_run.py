@@ -94,4 +94,4 @@ def test_tiny_humans_build_is_watertight_rebuilds_identically_and_trains(tmp_pat
     assert max(r["step"] for r in rows) >= 2 and any(r["split"] == "val" for r in rows)
     assert np.isfinite([r["total"] for r in rows if r["split"] == "train"]).all()
     assert (out / "preview.png").is_file() and (out / "last.pt").is_file()
-    assert "k-means parts" in (out / "train.log").read_text()
+    assert "kmeans parts" in (out / "train.log").read_text()

@@ -1,9 +1,10 @@
-"""Starting primitives on the parts of a shape: k-means ellipsoids, and a model that is exactly them at step 0."""
+"""Starting primitives on the parts of a shape: k-means or spectral ellipsoids, and a model that is exactly them at
+step 0."""
 import numpy as np
 import pytest
 import torch
 
-from neural_parts.initialise import initialise_primitives, part_ellipsoids
+from neural_parts.initialise import initialise_primitives, kmeans, part_ellipsoids, spectral_parts
 from neural_parts.models import NeuralParts
 
 
@@ -63,3 +64,37 @@ def test_identity_couplings_leave_only_the_affine_map():
     affine_only = torch.einsum("bsmi,bmij->bsmj", z / sigma[:, None], R) + T[:, None]
     torch.testing.assert_close(prims.to_world(z), affine_only)
     assert any(p.abs().sum() > 0 for p in inn.layers[0].map_s[0].parameters())  # earlier layers stay random
+
+
+def parallel_bars(n: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Two solid vertical bars (length 1, half-width 0.04, 0.2 apart, like a person's legs): points (2n, 3)
+    and which bar each point is in (2n,)."""
+    bars = [solid_ellipsoid(n, (x, 0, 0), (0.04, 0.5, 0.04), rng) for x in (-0.1, 0.1)]
+    return np.concatenate(bars), np.repeat([0, 1], n)
+
+
+def test_spectral_split_keeps_each_bar_whole_where_kmeans_cuts_across():
+    points, bar = parallel_bars(1500, np.random.default_rng(0))
+    kmeans_label, _ = kmeans(points, 2, np.random.default_rng(1))
+    used, label = spectral_parts(points, 2, np.random.default_rng(1))
+    assert len(used) == len(points) == 3000  # under max_points: every point is used, in order
+    np.testing.assert_array_equal(used, points)
+    purity = lambda lab: max((lab == bar).mean(), (lab != bar).mean())  # noqa: E731
+    assert purity(label) == 1.0
+    assert purity(kmeans_label) < 0.75  # k-means splits the long bars by height
+    centres, _, radii = part_ellipsoids(points, 2, np.random.default_rng(1), split="spectral")
+    np.testing.assert_allclose(np.sort(centres[:, 0]), [-0.1, 0.1], atol=0.01)
+    np.testing.assert_allclose(radii.max(1), 0.5, rtol=0.05)
+
+
+def test_spectral_split_is_deterministic_and_subsamples_large_inputs():
+    points, _ = parallel_bars(3000, np.random.default_rng(0))
+    a, b = (spectral_parts(points, 2, np.random.default_rng(5)) for _ in range(2))
+    assert len(a[0]) == 4000
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_unknown_split_is_refused():
+    with pytest.raises(ValueError, match="unknown split 'ward'"):
+        part_ellipsoids(np.zeros((10, 3)), 2, np.random.default_rng(0), split="ward")

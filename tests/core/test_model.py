@@ -193,3 +193,23 @@ def test_atlasnet_implicit_leaves_batchnorm_alone_and_meshes_the_trained_surface
     batch_stats = net._trained_stats[0]
     first = net.map_to_feature_dims(z.permute(0, 2, 3, 1).reshape(2, 3, 64)) + prims.cond.reshape(2, -1, 1)
     torch.testing.assert_close(batch_stats[0], first.mean((0, 2)))
+
+
+def test_projection_init_gain_scales_only_the_first_projection_weights():
+    """projection_layer.init_gain multiplies the first Linear's default initial weights; everything else,
+    and the random stream (so gain 1 is the model as before), is unchanged."""
+    from neural_parts.config import load_config
+
+    models = {}
+    for gain in (1.0, 4.0):
+        torch.manual_seed(0)
+        cfg = load_config("default", [f"projection_layer.init_gain={gain}"])
+        models[gain] = NeuralParts.from_config(cfg).state_dict()
+    torch.manual_seed(0)
+    plain = NeuralParts(n_primitives=5, feature_size=128, hidden_size=128, proj_dims=64, freeze_bn=False).state_dict()
+    first = "projection.proj.0.weight"  # the shared projection, under each coupling layer too
+    for name, value in models[1.0].items():
+        torch.testing.assert_close(value, plain[name], rtol=0, atol=0)
+        expected = 4.0 * value if name.endswith(first) else value
+        torch.testing.assert_close(models[4.0][name], expected, rtol=0, atol=0)
+    assert models[4.0]["invertible_network." + first].abs().max() > 1.0  # PyTorch's default bound for 3 inputs is 1/sqrt(3)
