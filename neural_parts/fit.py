@@ -165,8 +165,8 @@ def run(args) -> int:
     model = NeuralParts.from_config(cfg, n_shapes=1).to(device)
     if cfg.network.init == "parts":
         initialise_on_parts(model, target, np.random.default_rng(args.seed), cfg.network.part_split)
-        print(f"fit: primitives start on {cfg.network.n_primitives} {cfg.network.part_split} parts of the mesh "
-              "(network.init=parts)", file=sys.stderr)
+        print(f"fit: primitives start on {cfg.network.n_primitives} {cfg.network.part_split} parts of the "
+              "mesh (network.init=parts)", file=sys.stderr)
     trainer = engine.Trainer(model, engine.make_optimizer(cfg, model.parameters()), cfg.loss,
                              cfg.training.clip_grad_norm, cfg.training.max_nonfinite_steps)
     average = engine.WeightAverage(model, cfg.training.ema_decay) if cfg.training.ema_decay else None

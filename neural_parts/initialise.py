@@ -33,9 +33,10 @@ def kmeans(points: np.ndarray, k: int, rng: np.random.Generator,
 
 def spectral_parts(points: np.ndarray, k: int, rng: np.random.Generator, n_neighbours: int = 10,
                    max_points: int = 4000, restarts: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Spectral clustering (normalised affinity of a k-nearest-neighbour graph, k-means of the row-normalised
-    top-k eigenvectors, the least-inertia of ``restarts`` runs) of at most ``max_points`` of ``points`` (N, 3). Parts are connected pieces cut at
-    narrow necks: the legs of a standing person, where k-means cuts the body into slabs by height.
+    """Spectral clustering of at most ``max_points`` of ``points`` (N, 3): the normalised affinity of their
+    ``n_neighbours``-nearest-neighbour graph, then k-means (the least-inertia of ``restarts`` runs) of its
+    row-normalised top-k eigenvectors. Parts are connected pieces cut at narrow necks: the legs of a standing
+    person, where k-means cuts the body into slabs by height.
 
     Returns the points used (n, 3) and their labels (n,).
     """
@@ -79,7 +80,8 @@ def part_ellipsoids(points: np.ndarray, k: int, rng: np.random.Generator, min_ra
         raise ValueError(f"cannot split {len(points)} points into {k} parts")
     if split == "spectral":
         points, label = spectral_parts(points, k, rng)
-        centres = np.stack([points[label == j].mean(0) if (label == j).any() else points.mean(0) for j in range(k)])
+        centres = np.stack([points[label == j].mean(0) if (label == j).any() else points.mean(0)
+                            for j in range(k)])
     elif split == "kmeans":
         label, centres = kmeans(points, k, rng)
     else:

@@ -1,5 +1,5 @@
-"""Starting primitives on the parts of a shape: k-means or spectral ellipsoids, and a model that is exactly them at
-step 0."""
+"""Starting primitives on the parts of a shape: k-means or spectral ellipsoids, and a model that is exactly
+them at step 0."""
 import numpy as np
 import pytest
 import torch

@@ -206,10 +206,12 @@ def test_projection_init_gain_scales_only_the_first_projection_weights():
         cfg = load_config("default", [f"projection_layer.init_gain={gain}"])
         models[gain] = NeuralParts.from_config(cfg).state_dict()
     torch.manual_seed(0)
-    plain = NeuralParts(n_primitives=5, feature_size=128, hidden_size=128, proj_dims=64, freeze_bn=False).state_dict()
+    plain = NeuralParts(n_primitives=5, feature_size=128, hidden_size=128, proj_dims=64,
+                        freeze_bn=False).state_dict()
     first = "projection.proj.0.weight"  # the shared projection, under each coupling layer too
     for name, value in models[1.0].items():
         torch.testing.assert_close(value, plain[name], rtol=0, atol=0)
         expected = 4.0 * value if name.endswith(first) else value
         torch.testing.assert_close(models[4.0][name], expected, rtol=0, atol=0)
-    assert models[4.0]["invertible_network." + first].abs().max() > 1.0  # PyTorch's default bound for 3 inputs is 1/sqrt(3)
+    # PyTorch's default bound for 3 inputs is 1/sqrt(3)
+    assert models[4.0]["invertible_network." + first].abs().max() > 1.0
