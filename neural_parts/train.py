@@ -2,8 +2,8 @@
 
 With no arguments: builds the built-in Anny humans if they are missing ($NEURAL_PARTS_DATA/humans-v1,
 default ~/.cache/neural_parts; needs ``pip install anny``) and trains the ``humans`` preset (sized for a
-2-core CPU) until interrupted (Ctrl-C or SIGTERM saves last.pt). ``--config default`` trains the
-synthetic capsule humanoids instead (no extra package).
+2-core CPU) until interrupted (Ctrl-C or SIGTERM finishes the update and saves last.pt; a second one stops at
+once). ``--config default`` trains the synthetic capsule humanoids instead (no extra package).
 
 Run folder (``--output``, default runs/<config>-<YYYYmmdd-HHMMSS>): config.yaml, metrics.jsonl,
 train.log, preview.png (+ previews/step_<n>.png), last.pt, best.pt (highest validation IoU on a
@@ -218,8 +218,30 @@ def _effective_backend(requested: str, device: torch.device) -> str:
     return "triton (fused kernels)" if chosen == "triton" else "reference (PyTorch)"
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+class StopRequest:
+    """Ctrl-C or SIGTERM (``kill PID``; torchrun forwards it to every rank) asks the training loop to stop after
+    the current update; a second one raises KeyboardInterrupt at once. A flag, not an exception raised from
+    the handler: Python drops an exception raised while it runs a weakref callback or ``__del__``, and such a
+    SIGTERM was lost (the run trained on). Use as ``with StopRequest() as stop: ... if stop.signum: ...``."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None  # the first signal received, None before one
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> "StopRequest":
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 def run(args) -> int:
@@ -400,8 +422,7 @@ def _train(args, cfg: Config, run_dir: Path, resume: dict | None, ranks: distrib
     if resume is None:
         metrics.write("floor", 0, elapsed(), {"iou": floor})
         validation()
-    previous_handler = signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` saves last.pt like Ctrl-C
-    try:
+    with StopRequest() as stop:
         while not max_steps or step < max_steps:
             lr = engine.learning_rate(train_cfg, step)
             engine.set_learning_rate(optimizer, lr)
@@ -433,14 +454,16 @@ def _train(args, cfg: Config, run_dir: Path, resume: dict | None, ranks: distrib
                 if ranks.main:
                     atomic_link(run_dir / f"step_{step}.pt", run_dir / "last.pt")
                     prune_step_checkpoints(run_dir, train_cfg.keep_checkpoints)
-    except KeyboardInterrupt:
-        bar.close()
-        checkpoint("last.pt")
-        log.info("interrupted at step %d; saved last.pt (continue with --resume %s)", step, run_dir)
-        metrics.close()
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+            stopping = stop.signum is not None
+            if ranks.distributed:  # any rank's signal stops every rank after the same update
+                stopping = ranks.mean({"stop": float(stopping)})["stop"] > 0
+            if stopping:
+                bar.close()
+                checkpoint("last.pt", every_rank=True)
+                log.info("interrupted (%s) at step %d; saved last.pt (continue with --resume %s)",
+                         signal.Signals(stop.signum).name if stop.signum else "another rank", step, run_dir)
+                metrics.close()
+                return 130
     bar.close()
     if last_val_step != step:
         validation()

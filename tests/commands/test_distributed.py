@@ -204,3 +204,32 @@ def test_a_killed_rank_ends_the_run_which_resumes_on_one_process(tmp_path, train
     assert [r["step"] for r in rows if r["split"] == "train"] == list(range(1, saved["step"] + 3))
     info = json.loads((out / "run_info.json").read_text())
     assert [(s["step"], s["world_size"], s["global_batch"]) for s in info] == [(0, 2, 4), (saved["step"], 1, 2)]
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_one_rank_stops_every_rank_after_the_same_update(tmp_path, dataset, env):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(dh.torchrun("neural_parts.train", "--output", out, "--max-steps", 1000, "-q",
+                                        *sets(*TINY, f"data.dataset={dataset}", "training.checkpoint_every=1000",
+                                              "validation.every_steps=1000")),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        metrics = out / "metrics.jsonl"
+        while time.time() < deadline and proc.poll() is None and not (
+                metrics.exists() and '"split": "train"' in metrics.read_text()):
+            time.sleep(0.2)
+        victim = dh.rank_pid(proc.pid, 1)
+        assert victim is not None, proc.stderr.read() if proc.poll() is not None else "no rank 1"
+        dh.kill(victim, signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=90)
+    finally:
+        dh.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert "interrupted (another rank) at step" in stdout, stderr[-3000:]
+    assert "collective failed" not in stderr
+    saved = torch.load(out / "last.pt", weights_only=True)
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()
+             if json.loads(line)["split"] == "train"]
+    assert saved["step"] == steps[-1] >= 1 and saved["world_size"] == 2
+    assert len(saved["rng_ranks"]) == 2  # each rank's RNG state: --resume continues as an uninterrupted run

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from command_helpers import TINY, run_cli, sets
 from PIL import Image
 
 from neural_parts.preview import TITLE_HEIGHT
+from neural_parts.train import StopRequest
 
 
 def test_train_writes_the_run_folder(trained_run):
@@ -183,8 +185,29 @@ def test_sigterm_saves_last_checkpoint(tmp_path, dataset, env):
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr[-2000:]
-    assert "interrupted at step" in stdout
+    assert "interrupted (SIGTERM) at step" in stdout
     assert torch.load(out / "last.pt", weights_only=True)["step"] >= 1
+
+
+def test_a_signal_that_lands_in_a_weakref_callback_still_stops_training():
+    """Python drops an exception raised in a weakref callback: a handler that raised KeyboardInterrupt lost
+    this SIGTERM and the run trained on (a CI failure). The flag survives; a second signal interrupts."""
+    class Payload:
+        pass
+
+    def callback(_):
+        os.kill(os.getpid(), signal.SIGTERM)
+        sum(range(100))  # the handler runs here, inside the callback
+
+    with StopRequest() as stop:
+        payload = Payload()
+        ref = weakref.ref(payload, callback)  # noqa: F841 (the callback needs the reference alive)
+        del payload
+        assert stop.signum == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(100))
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 @pytest.mark.parametrize("preset", ["ablation_atlasnet", "ablation_no_inverse"])
