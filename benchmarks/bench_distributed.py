@@ -55,7 +55,7 @@ def _worker(rank: int, world: int, threads: int, size: dict, folder: str) -> Non
     cfg = load_config("default", size["overrides"] + ["training.aggregate=1"])
     torch.manual_seed(distributed.rank_seed(0, rank))
     model = NeuralParts.from_config(cfg)
-    trainer = engine.Trainer(model, engine.make_optimizer(cfg, model.parameters()), cfg.loss,
+    trainer = engine.Trainer(model, engine.make_optimizer(cfg, model), cfg.loss,
                              cfg.training.clip_grad_norm, ranks=ranks)
     batches = [_batch(cfg, rank, s) for s in range(size["warmup"] + size["timed"])]
     for b in batches[:size["warmup"]]:

@@ -44,7 +44,7 @@ def test_train_step_config(bench, benchmark, provider, name):
         torch.manual_seed(0)
         model = NeuralParts.from_config(cfg).to(DEVICE)
         model.kernel_backend = provider
-        trainer = engine.Trainer(model, engine.make_optimizer(cfg, model.parameters()), cfg.loss,
+        trainer = engine.Trainer(model, engine.make_optimizer(cfg, model), cfg.loss,
                                  cfg.training.clip_grad_norm)
         gen = torch.Generator().manual_seed(1)
         batches = [_batch(cfg, gen) for _ in range(cfg.training.aggregate)]

@@ -72,7 +72,7 @@ class NetworkConfig(Section):
     n_primitives: int = setting(6, positive=True)
     sphere_radius: float = setting(0.25, positive=True)
     init: str = setting("random", choices=("random", "parts"))  # parts: start on the constant shape's parts
-    part_split: str = setting("kmeans", choices=("kmeans", "spectral"))  # how init=parts splits the shape
+    part_split: str = setting("kmeans", choices=("kmeans", "spectral", "mesh"))  # how init=parts splits (mesh: fit)
 
 
 @dataclass
@@ -146,6 +146,8 @@ class TrainingConfig(Section):
     lr_steps: int = setting(0, minimum=0)  # length of the cosine decay in updates (0: max_steps)
     lr_final: float = setting(0.05, minimum=0)  # cosine: the lr at its end, as a fraction of lr
     weight_decay: float = setting(0.0, minimum=0)
+    placement_lr_scale: float = setting(1.0, positive=True)  # x lr for all but the couplings and their
+    # projection: the affine heads, primitive embedding and encoder or latent codes, which place the primitives
     batch_size: int = setting(1, positive=True)  # per rank: an update uses batch_size x world size x aggregate
     aggregate: int = setting(2, positive=True)  # mini-batches per update (per rank); gradients are summed
     clip_grad_norm: float = setting(1.0, minimum=0)  # after every backward, as the authors (several ranks: once,

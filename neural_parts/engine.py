@@ -31,11 +31,24 @@ from .models import NeuralParts
 from .objective import compute_losses
 
 
-def make_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
-    """Adam or RAdam (torch.optim) with the config's lr and weight decay."""
+COUPLING_PARAMETERS = ("invertible_network.layers.", "invertible_network.projection.")
+
+
+def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """Adam or RAdam (torch.optim) with the config's lr and weight decay over ``model``'s parameters. With
+    ``training.placement_lr_scale`` != 1, two groups: the couplings and their projection
+    (``COUPLING_PARAMETERS``) at lr, everything else at lr x the scale (each group's ``lr_scale``, which
+    ``set_learning_rate`` applies); otherwise one group, as in checkpoints from before the option."""
     train = cfg.training
     kind = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam}[train.optimizer]
-    return kind(params, lr=train.lr, weight_decay=train.weight_decay)
+    if train.placement_lr_scale == 1:
+        return kind(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    coupling, placement = [], []
+    for name, p in model.named_parameters():
+        (coupling if any(part in name for part in COUPLING_PARAMETERS) else placement).append(p)
+    groups = [{"params": ps, "lr_scale": scale, "lr": train.lr * scale}
+              for ps, scale in ((coupling, 1.0), (placement, train.placement_lr_scale)) if ps]
+    return kind(groups, lr=train.lr, weight_decay=train.weight_decay)
 
 
 def learning_rate(train: TrainingConfig, step: int) -> float:
@@ -53,8 +66,9 @@ def learning_rate(train: TrainingConfig, step: int) -> float:
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set each group's lr to ``lr`` times its ``lr_scale`` (1 where it has none)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

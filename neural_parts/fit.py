@@ -111,13 +111,14 @@ def up_note(vertices: np.ndarray, up: str) -> str:
 
 
 def initialise_on_parts(model, record: dict, rng: np.random.Generator, split: str) -> None:
-    """Start each primitive on one part (``split``: "kmeans" or "spectral") of the labelled points inside the
-    mesh (its surface samples when too few are inside); see ``initialise``."""
+    """Start each primitive on one part (``split``: "kmeans", "spectral" or "mesh") of the labelled points
+    inside the mesh (its surface samples when too few are inside); see ``initialise``."""
     inside = record["volume_points"][record["volume_labels"]]
     solid = len(inside) >= 50 * model.n_primitives
     device = model.primitive_embedding.device
     initialise_primitives(model, torch.zeros(1, dtype=torch.long, device=device),
-                          inside if solid else record["surface_points"], rng, solid=solid, split=split)
+                          inside if solid else record["surface_points"], rng, solid=solid, split=split,
+                          mesh=(record["vertices"], record["faces"]))
 
 
 @torch.no_grad()
@@ -157,7 +158,8 @@ def run(args) -> int:
     dataset = NeuralPartsDataset(MemoryRecords([record], record["box"]), n_volume=cfg.data.n_points_in_mesh,
                                  n_surface=cfg.data.n_points_on_mesh, equal=cfg.data.equal, seed=args.seed)
     target = dataset.record(0)  # all points, as stored
-    target.update(cube_points=record["cube_points"], cube_labels=record["cube_labels"])
+    target.update(cube_points=record["cube_points"], cube_labels=record["cube_labels"], vertices=record["vertices"],
+                  faces=record["faces"])
     print(up_note(record["vertices"], args.up), file=sys.stderr)
     print(f"fit: {args.mesh}: {len(record['faces'])} faces, inside fraction {target['volume_labels'].mean():.3f}, "
           f"sampled and labelled in {time.perf_counter() - t0:.1f} s; {cfg.network.n_primitives} primitives, "
@@ -167,7 +169,7 @@ def run(args) -> int:
         initialise_on_parts(model, target, np.random.default_rng(args.seed), cfg.network.part_split)
         print(f"fit: primitives start on {cfg.network.n_primitives} {cfg.network.part_split} parts of the "
               "mesh (network.init=parts)", file=sys.stderr)
-    trainer = engine.Trainer(model, engine.make_optimizer(cfg, model.parameters()), cfg.loss,
+    trainer = engine.Trainer(model, engine.make_optimizer(cfg, model), cfg.loss,
                              cfg.training.clip_grad_norm, cfg.training.max_nonfinite_steps)
     average = engine.WeightAverage(model, cfg.training.ema_decay) if cfg.training.ema_decay else None
     batches = engine.infinite_batches(dataset, 1, args.seed, device=device)

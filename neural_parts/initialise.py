@@ -1,7 +1,8 @@
 """Starting primitives on the parts of a shape (an initialisation of the affine heads; the method is unchanged).
 
-k-means, or spectral clustering of a neighbour graph (parts cut at narrow necks, such as a person's legs),
-splits the points inside a shape into M parts, each summarised by an ellipsoid (centre, principal axes,
+k-means, spectral clustering of a neighbour graph (parts cut at narrow necks, such as a person's legs), or
+spectral clustering of a mesh's own surface graph (``fit`` only: limbs that touch the body stay apart) splits
+the points inside a shape into M parts, each summarised by an ellipsoid (centre, principal axes,
 semi-axes); ``initialise_primitives`` sets the last layer of the translation, rotation and scale heads
 so that at step 0 primitive m is that ellipsoid: translation = centre, rotation = axes, sigma = r / semi-axes
 (the sphere of radius r maps to it), and the couplings start as the identity (their random initial
@@ -31,6 +32,33 @@ def kmeans(points: np.ndarray, k: int, rng: np.random.Generator,
     return ((points[:, None] - centres[None]) ** 2).sum(-1).argmin(1), centres
 
 
+def _spectral_labels(W, k: int, rng: np.random.Generator, restarts: int) -> np.ndarray:
+    """k parts (n,) of a graph with symmetric sparse affinity W (n, n): k-means (the least inertia of
+    ``restarts`` runs) of the row-normalised top-k eigenvectors of D^-1/2 W D^-1/2."""
+    from scipy.sparse import diags
+    from scipy.sparse.linalg import eigsh
+
+    d = 1 / np.sqrt(np.maximum(np.asarray(W.sum(1)).ravel(), 1e-300))
+    A = diags(d) @ W @ diags(d)
+    if W.shape[0] <= 2 * k + 1:  # too small for ARPACK
+        vectors = np.linalg.eigh(A.toarray())[1][:, -k:]
+    else:
+        vectors = eigsh(A, k=k, which="LA", v0=rng.standard_normal(W.shape[0]))[1]
+    embedding = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    runs = [kmeans(embedding, k, rng, iterations=100) for _ in range(restarts)]
+    label, _ = min(runs, key=lambda run: ((embedding - run[1][run[0]]) ** 2).sum())  # least inertia
+    return label
+
+
+def _affinity(n: int, i: np.ndarray, j: np.ndarray, length: np.ndarray):
+    """Symmetric sparse affinity (n, n) of the edges (i, j) with Gaussian weights exp(-(length / median)^2)."""
+    from scipy.sparse import coo_matrix
+
+    scale = max(float(np.median(length)), 1e-12)
+    W = coo_matrix((np.exp(-(length / scale) ** 2), (i, j)), shape=(n, n)).tocsr()
+    return W.maximum(W.T)
+
+
 def spectral_parts(points: np.ndarray, k: int, rng: np.random.Generator, n_neighbours: int = 10,
                    max_points: int = 4000, restarts: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Spectral clustering of at most ``max_points`` of ``points`` (N, 3): the normalised affinity of their
@@ -40,8 +68,6 @@ def spectral_parts(points: np.ndarray, k: int, rng: np.random.Generator, n_neigh
 
     Returns the points used (n, 3) and their labels (n,).
     """
-    from scipy.sparse import coo_matrix, diags
-    from scipy.sparse.linalg import eigsh
     from scipy.spatial import cKDTree
 
     if len(points) > max_points:
@@ -49,27 +75,56 @@ def spectral_parts(points: np.ndarray, k: int, rng: np.random.Generator, n_neigh
     n_neighbours = min(n_neighbours, len(points) - 1)
     distance, neighbour = cKDTree(points).query(points, n_neighbours + 1)
     distance, neighbour = distance[:, 1:], neighbour[:, 1:]  # drop each point itself
-    scale = max(np.median(distance), 1e-12)
     rows = np.repeat(np.arange(len(points)), n_neighbours)
-    W = coo_matrix((np.exp(-(distance / scale) ** 2).ravel(), (rows, neighbour.ravel())),
-                   shape=(len(points),) * 2).tocsr()
-    W = W.maximum(W.T)  # symmetric
-    d = 1 / np.sqrt(np.asarray(W.sum(1)).ravel())
-    A = diags(d) @ W @ diags(d)
-    if len(points) <= 2 * k + 1:  # too small for ARPACK
-        vectors = np.linalg.eigh(A.toarray())[1][:, -k:]
+    W = _affinity(len(points), rows, neighbour.ravel(), distance.ravel())
+    return points, _spectral_labels(W, k, rng, restarts)
+
+
+def mesh_parts(vertices: np.ndarray, faces: np.ndarray, k: int, rng: np.random.Generator,
+               restarts: int = 10, bridges: int = 4) -> np.ndarray:
+    """Spectral clustering of a mesh's own edge graph: labels (V,) of its vertices (V, 3), faces (F, 3).
+
+    Unlike a neighbour graph of points, the surface graph keeps apart limbs that touch without being joined
+    (arms against the torso, legs together): each arm, leg and the head+torso of a standing person are
+    parts at M = 5. Separate components (a mesh in pieces) are joined by edges from each vertex to its
+    ``bridges`` nearest vertices of other components, so that no piece takes a part on its own account.
+    Edges weigh 1 / length (Gaussian weights of the edge lengths, as in ``spectral_parts``, leave a mesh's
+    graph nearly disconnected at its long edges, and ARPACK then does not converge).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    n = len(vertices)
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    edges = edges[edges[:, 0] != edges[:, 1]]
+    n_components, component = connected_components(
+        coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n)), directed=False)
+    if n_components > 1:
+        _, neighbour = cKDTree(vertices).query(vertices, min(n, 8 * bridges + 1))
+        rows = np.repeat(np.arange(n), neighbour.shape[1])
+        cross = component[rows] != component[neighbour.ravel()]
+        # the nearest `bridges` other-component neighbours among the candidates of each vertex
+        rank = np.cumsum(cross.reshape(n, -1), axis=1).ravel()
+        keep = cross & (rank <= bridges)
+        bridge = np.stack([rows[keep], neighbour.ravel()[keep]], 1)
     else:
-        vectors = eigsh(A, k=k, which="LA", v0=rng.standard_normal(len(points)))[1]
-    embedding = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    runs = [kmeans(embedding, k, rng, iterations=100) for _ in range(restarts)]
-    label, _ = min(runs, key=lambda run: ((embedding - run[1][run[0]]) ** 2).sum())  # least inertia
-    return points, label
+        bridge = np.zeros((0, 2), dtype=edges.dtype)
+    length = np.linalg.norm(vertices[edges[:, 0]] - vertices[edges[:, 1]], axis=1)
+    typical = max(float(np.median(length)), 1e-12)
+    bridge_length = np.linalg.norm(vertices[bridge[:, 0]] - vertices[bridge[:, 1]], axis=1)
+    edges = np.concatenate([edges, bridge])  # a bridge weighs at most 1% of a typical edge
+    weight = 1 / np.concatenate([np.maximum(length, 1e-6 * typical), np.maximum(bridge_length, typical) * 100])
+    W = coo_matrix((weight, (edges[:, 0], edges[:, 1])), shape=(n, n)).tocsr()
+    return _spectral_labels(W.maximum(W.T), k, rng, restarts)
 
 
 def part_ellipsoids(points: np.ndarray, k: int, rng: np.random.Generator, min_radius: float = 0.02,
-                    solid: bool = True, split: str = "kmeans") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Split points (N, 3) into k parts (``split``: "kmeans" of the coordinates, or "spectral", see
-    ``spectral_parts``), each summarised by an ellipsoid.
+                    solid: bool = True, split: str = "kmeans",
+                    mesh: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split points (N, 3) into k parts (``split``: "kmeans" of the coordinates, "spectral", see
+    ``spectral_parts``, or "mesh": each point takes the part of its nearest vertex of ``mesh`` = (vertices
+    (V, 3), faces (F, 3)) split by ``mesh_parts``), each summarised by an ellipsoid.
 
     Returns centres (k, 3), axes (k, 3, 3) (row j: the world direction of axis j, a proper rotation) and
     semi-axes (k, 3): the standard deviation along each principal axis times sqrt(5) for points filling
@@ -82,10 +137,19 @@ def part_ellipsoids(points: np.ndarray, k: int, rng: np.random.Generator, min_ra
         points, label = spectral_parts(points, k, rng)
         centres = np.stack([points[label == j].mean(0) if (label == j).any() else points.mean(0)
                             for j in range(k)])
+    elif split == "mesh":
+        if mesh is None:
+            raise ValueError("split 'mesh' needs the mesh (vertices, faces)")
+        from scipy.spatial import cKDTree
+
+        vertices, faces = (np.asarray(a) for a in mesh)
+        label = mesh_parts(vertices, faces, k, rng)[cKDTree(vertices).query(points)[1]]
+        centres = np.stack([points[label == j].mean(0) if (label == j).any() else points.mean(0)
+                            for j in range(k)])
     elif split == "kmeans":
         label, centres = kmeans(points, k, rng)
     else:
-        raise ValueError(f"unknown split {split!r}; expected 'kmeans' or 'spectral'")
+        raise ValueError(f"unknown split {split!r}; expected 'kmeans', 'spectral' or 'mesh'")
     axes, radii = np.zeros((k, 3, 3)), np.zeros((k, 3))
     for j in range(k):
         member = points[label == j]
@@ -98,16 +162,17 @@ def part_ellipsoids(points: np.ndarray, k: int, rng: np.random.Generator, min_ra
 
 @torch.no_grad()
 def initialise_primitives(model, inputs: torch.Tensor, points: np.ndarray, rng: np.random.Generator,
-                          solid: bool = True, split: str = "kmeans") -> None:
+                          solid: bool = True, split: str = "kmeans",
+                          mesh: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """Place ``model``'s M primitives on the parts of ``points`` (N, 3) (inside a shape, or on its surface
-    when not ``solid``; ``split`` as in ``part_ellipsoids``), for the conditions of ``inputs`` (images
+    when not ``solid``; ``split`` and ``mesh`` as in ``part_ellipsoids``), for the conditions of ``inputs`` (images
     (B, 3, H, W) or latent indices (B,)).
 
     The heads' last layers take the least-norm change that best fits the targets over the B x M conditions
     (exact when B x M <= hidden size + 1).
     """
     centres, axes, radii = part_ellipsoids(np.asarray(points, dtype=np.float64), model.n_primitives, rng,
-                                           solid=solid, split=split)
+                                           solid=solid, split=split, mesh=mesh)
     was_training = model.training
     model.eval()
     try:

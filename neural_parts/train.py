@@ -95,6 +95,9 @@ def start_on_parts(model: NeuralParts, train_set, constant, device: torch.device
     (``initialise.initialise_primitives``)."""
     from .initialise import initialise_primitives
 
+    if split == "mesh":
+        raise ConfigError("network.part_split=mesh splits a mesh's own surface graph (fit); the training set's "
+                          "constant shape has no mesh: use spectral or kmeans")
     images = torch.stack([train_set[i]["image"] for i in range(min(n_images, len(train_set)))]).to(device)
     initialise_primitives(model, images, constant.inside_cells(), np.random.default_rng(seed), split=split)
 
@@ -314,7 +317,7 @@ def _train(args, cfg: Config, run_dir: Path, resume: dict | None, ranks: distrib
                                  seed=val_cfg.seed, **common)
     val_indices = engine.validation_indices(len(val_set), val_cfg)
 
-    optimizer = engine.make_optimizer(cfg, model.parameters())
+    optimizer = engine.make_optimizer(cfg, model)
     step, best_iou, elapsed0, position = 0, -1.0, 0.0, (0, 0)
     if resume is not None:
         load_model_state(model, resume.get("optimised_model", resume["model"]), source=resume["path"])

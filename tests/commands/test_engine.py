@@ -51,10 +51,23 @@ def test_aggregate_sums_gradients_and_clips_after_every_backward():
 
 def test_adam_and_radam_come_from_torch_optim():
     cfg = load_config("dfaust_6", ["feature_extractor.weights=none"])
-    assert isinstance(engine.make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))]), torch.optim.RAdam)
+    assert isinstance(engine.make_optimizer(cfg, torch.nn.Linear(1, 1)), torch.optim.RAdam)
     cfg = load_config("shapenet_5", ["feature_extractor.weights=none"])
-    opt = engine.make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
-    assert type(opt) is torch.optim.Adam and opt.defaults["lr"] == 5e-5
+    opt = engine.make_optimizer(cfg, torch.nn.Linear(1, 1))
+    assert type(opt) is torch.optim.Adam and opt.defaults["lr"] == 5e-5 and len(opt.param_groups) == 1
+
+
+def test_placement_lr_scale_slows_everything_but_the_couplings():
+    cfg = load_config("fit", [*SMALL, "training.placement_lr_scale=0.1", "training.lr=1e-3"])
+    model = NeuralParts.from_config(cfg, n_shapes=1)
+    opt = engine.make_optimizer(cfg, model)
+    coupling, placement = opt.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)].split(".")[1] for p in coupling["params"]} == {"layers", "projection"}
+    assert "invertible_network.translations.0.weight" in {names[id(p)] for p in placement["params"]}
+    assert len(coupling["params"]) + len(placement["params"]) == len(list(model.parameters()))
+    engine.set_learning_rate(opt, 2e-4)
+    assert coupling["lr"] == 2e-4 and placement["lr"] == pytest.approx(2e-5)
 
 
 def test_a_non_finite_batch_is_not_applied_to_the_weights():

@@ -164,6 +164,8 @@ def test_user_errors(tmp_path, trained_run, dataset, capsys):
         ([*out, "--set", f"feature_extractor.weights={pickled_weights}"], "not a readable torch state dict"),
         ([*out, "--set", f"data.dataset={dataset}", "--set", "data.n_points_on_mesh=1000000"],
          "surface points, fewer than the 1000000 requested"),
+        ([*out, "--set", f"data.dataset={dataset}", "--set", "network.init=parts", "--set", "network.part_split=mesh",
+          *sets(*TINY)], "constant shape has no mesh"),
     ]
     for args, message in cases:
         assert main(args) == 2, args

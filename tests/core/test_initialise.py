@@ -1,10 +1,12 @@
-"""Starting primitives on the parts of a shape: k-means or spectral ellipsoids, and a model that is exactly
-them at step 0."""
+"""Starting primitives on the parts of a shape: k-means, spectral or mesh-graph ellipsoids, and a model that is
+exactly them at step 0."""
 import numpy as np
 import pytest
 import torch
 
-from neural_parts.initialise import initialise_primitives, kmeans, part_ellipsoids, spectral_parts
+from pathlib import Path
+
+from neural_parts.initialise import initialise_primitives, kmeans, mesh_parts, part_ellipsoids, spectral_parts
 from neural_parts.models import NeuralParts
 
 
@@ -98,3 +100,44 @@ def test_spectral_split_is_deterministic_and_subsamples_large_inputs():
 def test_unknown_split_is_refused():
     with pytest.raises(ValueError, match="unknown split 'ward'"):
         part_ellipsoids(np.zeros((10, 3)), 2, np.random.default_rng(0), split="ward")
+
+
+MESHES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "meshes"
+
+
+def test_mesh_split_keeps_touching_components_whole():
+    """Two icospheres that touch (two components, joined only by weak bridges) are the two parts."""
+    import trimesh
+
+    spheres = [trimesh.creation.icosphere(3, radius=0.2).apply_translation((x, 0, 0)) for x in (-0.2, 0.2)]
+    vertices = np.concatenate([m.vertices for m in spheres])
+    faces = np.concatenate([spheres[0].faces, spheres[1].faces + len(spheres[0].vertices)])
+    truth = np.repeat([0, 1], len(spheres[0].vertices))
+    label = mesh_parts(vertices, faces, 2, np.random.default_rng(0))
+    assert max((label == truth).mean(), (label != truth).mean()) == 1.0
+    np.testing.assert_array_equal(label, mesh_parts(vertices, faces, 2, np.random.default_rng(0)))
+    inside = solid_ellipsoid(2000, (0.2, 0, 0), (0.15, 0.15, 0.15), np.random.default_rng(1))
+    centres, _, _ = part_ellipsoids(np.concatenate([inside, inside * [-1, 1, 1]]), 2, np.random.default_rng(0),
+                                    split="mesh", mesh=(vertices, faces))
+    np.testing.assert_allclose(np.sort(centres[:, 0]), [-0.2, 0.2], atol=0.01)
+    with pytest.raises(ValueError, match="needs the mesh"):
+        part_ellipsoids(inside, 2, np.random.default_rng(0), split="mesh")
+
+
+def test_mesh_split_gives_each_limb_of_a_standing_person_its_part():
+    """Anny standing, arms at the sides (Z-up): the surface graph separates the arms from the torso that they
+    touch, which the inside points' neighbour graph joins."""
+    path = MESHES / "human_anny_s1_standing01.obj"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent (the shared mesh folder is not mounted)")
+    from neural_parts.data.readers import load_mesh
+
+    vertices, faces = load_mesh(path)
+    vertices = np.asarray(vertices, dtype=np.float64)
+    label = mesh_parts(vertices, np.asarray(faces), 5, np.random.default_rng(0))
+    lo, hi = vertices.min(0), vertices.max(0)
+    centre = np.stack([(vertices[label == j].mean(0) - lo) / (hi - lo) for j in range(5)])  # in the box, 0..1
+    x, height = centre[:, 0], centre[:, 2]
+    assert sorted(np.round(height, 1)) == pytest.approx([0.1, 0.1, 0.5, 0.6, 0.9], abs=0.11)  # 2 legs, 2 arms, torso
+    arms = np.argsort(x)[[0, -1]]
+    assert x[arms[0]] < 0.15 and x[arms[1]] > 0.85 and (height[arms] > 0.4).all()
