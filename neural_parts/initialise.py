@@ -50,15 +50,6 @@ def _spectral_labels(W, k: int, rng: np.random.Generator, restarts: int) -> np.n
     return label
 
 
-def _affinity(n: int, i: np.ndarray, j: np.ndarray, length: np.ndarray):
-    """Symmetric sparse affinity (n, n) of the edges (i, j) with Gaussian weights exp(-(length / median)^2)."""
-    from scipy.sparse import coo_matrix
-
-    scale = max(float(np.median(length)), 1e-12)
-    W = coo_matrix((np.exp(-(length / scale) ** 2), (i, j)), shape=(n, n)).tocsr()
-    return W.maximum(W.T)
-
-
 def spectral_parts(points: np.ndarray, k: int, rng: np.random.Generator, n_neighbours: int = 10,
                    max_points: int = 4000, restarts: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Spectral clustering of at most ``max_points`` of ``points`` (N, 3): the normalised affinity of their
@@ -68,6 +59,7 @@ def spectral_parts(points: np.ndarray, k: int, rng: np.random.Generator, n_neigh
 
     Returns the points used (n, 3) and their labels (n,).
     """
+    from scipy.sparse import coo_matrix
     from scipy.spatial import cKDTree
 
     if len(points) > max_points:
@@ -75,9 +67,11 @@ def spectral_parts(points: np.ndarray, k: int, rng: np.random.Generator, n_neigh
     n_neighbours = min(n_neighbours, len(points) - 1)
     distance, neighbour = cKDTree(points).query(points, n_neighbours + 1)
     distance, neighbour = distance[:, 1:], neighbour[:, 1:]  # drop each point itself
+    scale = max(np.median(distance), 1e-12)
     rows = np.repeat(np.arange(len(points)), n_neighbours)
-    W = _affinity(len(points), rows, neighbour.ravel(), distance.ravel())
-    return points, _spectral_labels(W, k, rng, restarts)
+    W = coo_matrix((np.exp(-(distance / scale) ** 2).ravel(), (rows, neighbour.ravel())),
+                   shape=(len(points),) * 2).tocsr()
+    return points, _spectral_labels(W.maximum(W.T), k, rng, restarts)
 
 
 def mesh_parts(vertices: np.ndarray, faces: np.ndarray, k: int, rng: np.random.Generator,
@@ -98,24 +92,20 @@ def mesh_parts(vertices: np.ndarray, faces: np.ndarray, k: int, rng: np.random.G
     n = len(vertices)
     edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
     edges = edges[edges[:, 0] != edges[:, 1]]
-    n_components, component = connected_components(
-        coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n)), directed=False)
-    if n_components > 1:
-        _, neighbour = cKDTree(vertices).query(vertices, min(n, 8 * bridges + 1))
-        rows = np.repeat(np.arange(n), neighbour.shape[1])
-        cross = component[rows] != component[neighbour.ravel()]
-        # the nearest `bridges` other-component neighbours among the candidates of each vertex
-        rank = np.cumsum(cross.reshape(n, -1), axis=1).ravel()
-        keep = cross & (rank <= bridges)
-        bridge = np.stack([rows[keep], neighbour.ravel()[keep]], 1)
-    else:
-        bridge = np.zeros((0, 2), dtype=edges.dtype)
     length = np.linalg.norm(vertices[edges[:, 0]] - vertices[edges[:, 1]], axis=1)
     typical = max(float(np.median(length)), 1e-12)
-    bridge_length = np.linalg.norm(vertices[bridge[:, 0]] - vertices[bridge[:, 1]], axis=1)
-    edges = np.concatenate([edges, bridge])  # a bridge weighs at most 1% of a typical edge
-    weight = 1 / np.concatenate([np.maximum(length, 1e-6 * typical), np.maximum(bridge_length, typical) * 100])
-    W = coo_matrix((weight, (edges[:, 0], edges[:, 1])), shape=(n, n)).tocsr()
+    W = coo_matrix((1 / np.maximum(length, 1e-6 * typical), (edges[:, 0], edges[:, 1])), shape=(n, n)).tocsr()
+    n_components, component = connected_components(W, directed=False)
+    if n_components > 1:
+        _, neighbour = cKDTree(vertices).query(vertices, min(n, 8 * bridges + 1))
+        rows, cols = np.repeat(np.arange(n), neighbour.shape[1]), neighbour.ravel()
+        cross = component[rows] != component[cols]
+        # the nearest `bridges` other-component neighbours among the candidates of each vertex
+        keep = cross & (np.cumsum(cross.reshape(n, -1), axis=1).ravel() <= bridges)
+        rows, cols = rows[keep], cols[keep]
+        bridge_length = np.linalg.norm(vertices[rows] - vertices[cols], axis=1)
+        # a bridge weighs at most 1% of a typical edge
+        W = W + coo_matrix((1 / (100 * np.maximum(bridge_length, typical)), (rows, cols)), shape=(n, n)).tocsr()
     return _spectral_labels(W.maximum(W.T), k, rng, restarts)
 
 
@@ -133,23 +123,22 @@ def part_ellipsoids(points: np.ndarray, k: int, rng: np.random.Generator, min_ra
     """
     if len(points) < k:
         raise ValueError(f"cannot split {len(points)} points into {k} parts")
-    if split == "spectral":
-        points, label = spectral_parts(points, k, rng)
-        centres = np.stack([points[label == j].mean(0) if (label == j).any() else points.mean(0)
-                            for j in range(k)])
-    elif split == "mesh":
-        if mesh is None:
-            raise ValueError("split 'mesh' needs the mesh (vertices, faces)")
-        from scipy.spatial import cKDTree
-
-        vertices, faces = (np.asarray(a) for a in mesh)
-        label = mesh_parts(vertices, faces, k, rng)[cKDTree(vertices).query(points)[1]]
-        centres = np.stack([points[label == j].mean(0) if (label == j).any() else points.mean(0)
-                            for j in range(k)])
-    elif split == "kmeans":
+    if split == "kmeans":
         label, centres = kmeans(points, k, rng)
     else:
-        raise ValueError(f"unknown split {split!r}; expected 'kmeans', 'spectral' or 'mesh'")
+        if split == "spectral":
+            points, label = spectral_parts(points, k, rng)
+        elif split == "mesh":
+            if mesh is None:
+                raise ValueError("split 'mesh' needs the mesh (vertices, faces)")
+            from scipy.spatial import cKDTree
+
+            vertices, faces = (np.asarray(a) for a in mesh)
+            label = mesh_parts(vertices, faces, k, rng)[cKDTree(vertices).query(points)[1]]
+        else:
+            raise ValueError(f"unknown split {split!r}; expected 'kmeans', 'spectral' or 'mesh'")
+        centres = np.stack([points[label == j].mean(0) if (label == j).any() else points.mean(0)
+                            for j in range(k)])
     axes, radii = np.zeros((k, 3, 3)), np.zeros((k, 3))
     for j in range(k):
         member = points[label == j]

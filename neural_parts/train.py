@@ -447,8 +447,11 @@ def _train(args, cfg: Config, run_dir: Path, resume: dict | None, ranks: distrib
                 bar.set_postfix(loss=f"{means['total']:.4f}", iou=f"{means.get('iou', float('nan')):.3f}")
             due = (time.perf_counter() - last_val_time >= val_cfg.every_seconds if val_cfg.every_seconds
                    else step % val_cfg.every_steps == 0)
-            if val_cfg.every_seconds:
-                due = ranks.broadcast(due)  # rank 0's clock decides for every rank
+            stopping = stop.signum is not None
+            if ranks.distributed:  # one collective: rank 0's clock decides `due`, any rank's signal stops all
+                flags = ranks.mean({"due": float(due and ranks.main), "stop": float(stopping)})
+                due = due if not val_cfg.every_seconds else flags["due"] > 0
+                stopping = flags["stop"] > 0
             if due:  # before the checkpoint: last.pt then holds this validation's best IoU
                 validation()
                 last_val_time, last_val_step = time.perf_counter(), step
@@ -457,9 +460,6 @@ def _train(args, cfg: Config, run_dir: Path, resume: dict | None, ranks: distrib
                 if ranks.main:
                     atomic_link(run_dir / f"step_{step}.pt", run_dir / "last.pt")
                     prune_step_checkpoints(run_dir, train_cfg.keep_checkpoints)
-            stopping = stop.signum is not None
-            if ranks.distributed:  # any rank's signal stops every rank after the same update
-                stopping = ranks.mean({"stop": float(stopping)})["stop"] > 0
             if stopping:
                 bar.close()
                 checkpoint("last.pt", every_rank=True)

@@ -7,6 +7,7 @@ NVIDIA GPU, ``TRITON_INTERPRET=1`` is set here unless the caller already set it.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -14,6 +15,23 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
+
+SHARED_MESHES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "meshes"
+
+
+@pytest.fixture
+def shared_meshes() -> Path:
+    """../shared/data/meshes (the real test meshes); skips when that checkout is absent."""
+    if not SHARED_MESHES.is_dir():
+        pytest.skip(f"real test meshes not found at {SHARED_MESHES} (needs the shared data checkout)")
+    return SHARED_MESHES
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that use the real meshes carry the ``needs_shared`` marker (select with -m)."""
+    for item in items:
+        if "shared_meshes" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.needs_shared)
 
 
 @pytest.fixture(autouse=True)

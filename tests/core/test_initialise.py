@@ -4,8 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from pathlib import Path
-
 from neural_parts.initialise import initialise_primitives, kmeans, mesh_parts, part_ellipsoids, spectral_parts
 from neural_parts.models import NeuralParts
 
@@ -102,8 +100,6 @@ def test_unknown_split_is_refused():
         part_ellipsoids(np.zeros((10, 3)), 2, np.random.default_rng(0), split="ward")
 
 
-MESHES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "meshes"
-
 
 def test_mesh_split_keeps_touching_components_whole():
     """Two icospheres that touch (two components, joined only by weak bridges) are the two parts."""
@@ -124,15 +120,12 @@ def test_mesh_split_keeps_touching_components_whole():
         part_ellipsoids(inside, 2, np.random.default_rng(0), split="mesh")
 
 
-def test_mesh_split_gives_each_limb_of_a_standing_person_its_part():
+def test_mesh_split_gives_each_limb_of_a_standing_person_its_part(shared_meshes):
     """Anny standing, arms at the sides (Z-up): the surface graph separates the arms from the torso that they
     touch, which the inside points' neighbour graph joins."""
-    path = MESHES / "human_anny_s1_standing01.obj"
-    if not path.is_file():
-        pytest.skip(f"{path} is absent (the shared mesh folder is not mounted)")
     from neural_parts.data.readers import load_mesh
 
-    vertices, faces = load_mesh(path)
+    vertices, faces = load_mesh(shared_meshes / "human_anny_s1_standing01.obj")
     vertices = np.asarray(vertices, dtype=np.float64)
     label = mesh_parts(vertices, np.asarray(faces), 5, np.random.default_rng(0))
     lo, hi = vertices.min(0), vertices.max(0)
