@@ -1,6 +1,7 @@
 """The default ``python -m neural_parts.fit`` of one development human: the current defaults (configs/fit.yaml)
-side by side with the previous ones (k-means parts, the projection at PyTorch's default initial scale) over
-the same number of steps, so that a regression in IoU or seconds shows in one run.
+side by side with the previous ones (spectral parts of the inside points, one lr, the projection's first
+layer at 4x PyTorch's initial scale) over the same number of steps, so that a regression in IoU or seconds
+shows in one run.
 
 Each arm records IoU, Chamfer-L1 and the fit's training seconds in ``extra_info``. Sizes: "smoke" (the
 shared sphere, 3 steps, tiny point counts: the CI check that both arms run) and "human" (a 27k-face Anny
@@ -19,9 +20,10 @@ from neural_parts import fit
 from neural_parts.config import load_config
 
 MESHES = Path(__file__).resolve().parents[2] / "shared" / "data" / "meshes"
-PREVIOUS = ["network.part_split=kmeans", "projection_layer.init_gain=1"]
-# ^ configs/fit.yaml of 2026-12-02's second pass; the original defaults (paper widths, spheres at the origin,
-# euclidean volume terms, lr 1e-3) and their numbers are in benchmarks/RESULTS.md ("fit")
+PREVIOUS = ["network.part_split=spectral", "training.placement_lr_scale=1", "projection_layer.init_gain=4"]
+# ^ configs/fit.yaml of 2026-12-02's third pass; the earlier defaults (k-means parts, init gain 1; before them
+# paper widths, spheres at the origin, euclidean volume terms, lr 1e-3) and their numbers are in
+# benchmarks/RESULTS.md ("fit")
 TINY = ["data.n_points_in_mesh=256", "data.n_points_on_mesh=128", "invertible_network.hidden_size=32",
         "projection_layer.proj_dims=16", "loss.n_points_on_sphere=32"]
 SIZES = [

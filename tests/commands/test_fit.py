@@ -35,7 +35,7 @@ def test_fit_sphere_reports_metrics_and_exports(tmp_path, env):
     assert 0 <= metrics["iou"] <= 1 and metrics["chamfer_l1"] > 0 and metrics["steps"] == 3
     assert "IoU" in proc.stdout and "Chamfer-L1" in proc.stdout
     assert "treating +Y of the mesh as up (--up y)" in proc.stderr and "pass --up" not in proc.stderr  # a sphere
-    assert "primitives start on 2 spectral parts of the mesh" in proc.stderr  # fit.yaml: init parts, spectral
+    assert "primitives start on 2 mesh parts of the mesh" in proc.stderr  # fit.yaml: init parts, mesh split
     assert {p.name for p in out.iterdir()} >= {"part_000.obj", "part_001.obj", "parts.ply", "preview.png", "fit.pt",
                                                "view.html"}
     viewer = embedded_data((out / "view.html").read_text())
