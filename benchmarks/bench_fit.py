@@ -1,7 +1,6 @@
 """The default ``python -m neural_parts.fit`` of one development human: the current defaults (configs/fit.yaml)
-side by side with the previous ones (spectral parts of the inside points, one lr, the projection's first
-layer at 4x PyTorch's initial scale) over the same number of steps, so that a regression in IoU or seconds
-shows in one run.
+side by side with the previous ones (4 couplings of width 128, 1,024 volume points per step, 600 steps), each
+arm with its own defaults' steps, so that a regression in IoU or seconds shows in one run.
 
 Each arm records IoU, Chamfer-L1 and the fit's training seconds in ``extra_info``. Sizes: "smoke" (the
 shared sphere, 3 steps, tiny point counts: the CI check that both arms run) and "human" (a 27k-face Anny
@@ -20,10 +19,11 @@ from neural_parts import fit
 from neural_parts.config import load_config
 
 MESHES = Path(__file__).resolve().parents[2] / "shared" / "data" / "meshes"
-PREVIOUS = ["network.part_split=spectral", "training.placement_lr_scale=1", "projection_layer.init_gain=4"]
-# ^ configs/fit.yaml of 2026-12-02's third pass; the earlier defaults (k-means parts, init gain 1; before them
-# paper widths, spheres at the origin, euclidean volume terms, lr 1e-3) and their numbers are in
-# benchmarks/RESULTS.md ("fit")
+PREVIOUS = ["invertible_network.n_blocks=4", "invertible_network.hidden_size=128", "data.n_points_in_mesh=1024",
+            "training.max_steps=600"]
+# ^ configs/fit.yaml of 2026-12-03's fourth pass; the earlier defaults (spectral parts, one lr, init gain 4; before
+# them k-means parts, paper widths, spheres at the origin, euclidean volume terms, lr 1e-3) and their numbers are
+# in benchmarks/RESULTS.md ("fit")
 TINY = ["data.n_points_in_mesh=256", "data.n_points_on_mesh=128", "invertible_network.hidden_size=32",
         "projection_layer.proj_dims=16", "loss.n_points_on_sphere=32"]
 SIZES = [
@@ -39,7 +39,7 @@ def test_fit(benchmark, tmp_path, d, arm):
     if not mesh.is_file():
         pytest.skip(f"{mesh} is absent (the shared mesh folder is not mounted)")
     sets = (PREVIOUS if arm == "previous" else []) + d["sets"]
-    steps = d["steps"] or load_config("fit").training.max_steps
+    steps = d["steps"] or load_config("fit", sets).training.max_steps
     args = [str(mesh), "--primitives", "5", "--steps", str(steps), "--output", str(tmp_path / "fit"), "-q",
             "--up", "z" if "anny" in d["mesh"] else "y", "--n-volume", str(d["n_points"]),
             "--n-surface", str(d["n_points"]), *[a for s in sets for a in ("--set", s)]]

@@ -20,8 +20,8 @@ class ProjectionLayer(nn.Module):
     ``init_gain`` multiplies the first Linear's default initial weights. At 1 (PyTorch's default, the
     authors') the points of a radius-0.25 sphere move p(x) so little next to the condition's part of each
     coupling's first layer that the couplings start, and stay for hundreds of updates, nearly affine: in
-    ``fit``'s network 2% of a coupling's first-layer ReLUs switch on or off over one primitive's sphere at
-    gain 1, 11% at 4 and 79% at 64, where the points' share is about as large as the condition's."""
+    a ``fit`` network of 4 couplings of width 128, 2% of a coupling's first-layer ReLUs switch on or off over
+    one primitive's sphere at gain 1, 11% at 4 and 79% at 64, where the points' share is about the condition's."""
 
     def __init__(self, proj_dims: int = 128, hidden: int | None = None, init_gain: float = 1.0):
         super().__init__()

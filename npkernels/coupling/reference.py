@@ -87,9 +87,9 @@ def _scale_shift(y: Tensor, lw: LayerWeights, bias: Tensor, w_p: Tensor, weights
     H = lw.s_w1.shape[0]
     proj = F.linear(F.relu(F.linear(y * lw.mask, weights.proj_w1, weights.proj_b1)),
                     weights.proj_w2, weights.proj_b2)
-    h = F.relu(torch.matmul(proj, w_p.t()) + bias)
-    hs = F.relu(F.linear(h[..., :H], lw.s_w2, lw.s_b2))
-    ht = F.relu(F.linear(h[..., H:], lw.t_w2, lw.t_b2))
+    hs, ht = F.relu(torch.matmul(proj, w_p.t()) + bias).split(H, -1)  # split: its backward is one cat
+    hs = F.relu(F.linear(hs, lw.s_w2, lw.s_b2))
+    ht = F.relu(F.linear(ht, lw.t_w2, lw.t_b2))
     s = F.hardtanh(F.linear(hs, lw.s_w3, lw.s_b3), -10.0, 10.0)
     t = F.linear(ht, lw.t_w3, lw.t_b3)
     return s, t
